@@ -1,0 +1,237 @@
+//! Compares a target with the grant's entries: whether to write, with or without force, or
+//! not at all because another manager owns a field the grant needs.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::fieldset::{Entry, contains, fields_at, fields_of, leaf_fields, lookup};
+
+/// One element of `metadata.managedFields`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+struct ManagedFields {
+    manager: Option<String>,
+    operation: Option<String>,
+    subresource: Option<String>,
+    #[serde(rename = "fieldsV1")]
+    fields: Option<Value>,
+}
+
+/// An entry the grant must write that another manager holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForeignField {
+    /// The entry, as in [`Entry::label`].
+    pub entry: String,
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    /// The fields of the entry that manager owns, relative to the entry.
+    pub fields: Vec<String>,
+}
+
+/// What to do with one target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The target carries every entry and the grant owns exactly them: write nothing.
+    InSync,
+    /// Apply the entries. `force` takes fields back from `Update` managers (hand edits) that
+    /// changed what this grant wrote; `drift` lists them.
+    Write { force: bool, drift: Vec<ForeignField> },
+    /// Another manager owns a field inside an entry this grant needs, and it either applied it
+    /// (GitOps, another grant) or set it before this grant did. Nothing is written.
+    Conflict(ForeignField),
+}
+
+fn managed_fields(object: &Value) -> Vec<ManagedFields> {
+    object
+        .pointer("/metadata/managedFields")
+        .cloned()
+        .and_then(|fields| serde_json::from_value(fields).ok())
+        .unwrap_or_default()
+}
+
+/// Decides how to bring `object` to hold `entries` under the field manager `manager`.
+pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
+    let all = managed_fields(object);
+    let (ours, others): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .filter(|managed| managed.subresource.as_deref().unwrap_or_default().is_empty())
+        .partition(|managed| managed.manager.as_deref() == Some(manager));
+    let our_fields: Vec<&Value> = ours
+        .iter()
+        .filter(|managed| managed.operation.as_deref() == Some("Apply"))
+        .filter_map(|managed| managed.fields.as_ref())
+        .collect();
+
+    let mut drift = Vec::new();
+    let mut differs = false;
+    for entry in entries {
+        let we_own_part = our_fields.iter().any(|fields| fields_at(fields, &entry.path).is_some());
+        for other in &others {
+            let Some(owned) = other.fields.as_ref().and_then(|fields| fields_at(fields, &entry.path))
+            else {
+                continue;
+            };
+            let foreign = ForeignField {
+                entry: entry.label.clone(),
+                manager: other.manager.clone().unwrap_or_else(|| "(unnamed)".to_owned()),
+                operation: other.operation.clone().unwrap_or_default(),
+                fields: leaf_fields(owned),
+            };
+            if we_own_part && foreign.operation == "Update" {
+                drift.push(foreign);
+            } else {
+                return Verdict::Conflict(foreign);
+            }
+        }
+        let present = lookup(object, &entry.path).is_some_and(|live| contains(live, &entry.value));
+        differs |= !present;
+    }
+
+    if differs || !drift.is_empty() || !owns_exactly(&our_fields, entries) {
+        let force = !drift.is_empty();
+        return Verdict::Write { force, drift };
+    }
+    Verdict::InSync
+}
+
+/// Whether the grant's applied field set is exactly the set that `entries` need, so that an
+/// apply would neither claim nor release anything. Identifying metadata is left out.
+fn owns_exactly(our_fields: &[&Value], entries: &[Entry]) -> bool {
+    let mut owned: Vec<String> = our_fields.iter().flat_map(|fields| leaf_fields(&without_identity(fields))).collect();
+    let mut needed: Vec<String> = entries.iter().flat_map(|entry| leaf_fields(&fields_of(&entry.path, &entry.value))).collect();
+    owned.sort();
+    owned.dedup();
+    needed.sort();
+    needed.dedup();
+    owned.retain(|leaf| leaf != ".");
+    needed.retain(|leaf| leaf != ".");
+    owned == needed
+}
+
+/// A copy of a `fieldsV1` set without `metadata` fields other than labels and annotations.
+fn without_identity(fields: &Value) -> Value {
+    let mut copy = fields.clone();
+    if let Some(metadata) = copy.get_mut("f:metadata").and_then(Value::as_object_mut) {
+        metadata.retain(|key, _| key == "f:labels" || key == "f:annotations");
+        if metadata.is_empty() {
+            copy.as_object_mut().expect("a fieldsV1 set is an object").remove("f:metadata");
+        }
+    }
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::fieldset::Step;
+
+    const MANAGER: &str = "storagegrant.dev/g";
+
+    fn entry() -> Entry {
+        Entry {
+            path: vec![
+                Step::field("spec"),
+                Step::field("containers"),
+                Step::key("name", "tikv"),
+                Step::field("env"),
+                Step::key("name", "A"),
+            ],
+            value: json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}),
+            label: "env A of container tikv".into(),
+        }
+    }
+
+    fn our_fields() -> Value {
+        json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {".": {}, "f:name": {}, "f:env": {
+            "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:valueFrom": {"f:secretKeyRef": {"f:name": {}, "f:key": {}}}}
+        }}}}})
+    }
+
+    fn object(env: Value, managed: Value) -> Value {
+        json!({
+            "metadata": {"managedFields": managed},
+            "spec": {"containers": [{"name": "tikv", "env": env}]},
+        })
+    }
+
+    fn managed(manager: &str, operation: &str, fields: Value) -> Value {
+        json!({"manager": manager, "operation": operation, "fieldsV1": fields, "fieldsType": "FieldsV1"})
+    }
+
+    #[test]
+    fn written_entry_owned_by_grant_is_in_sync() {
+        let target = object(json!([entry().value]), json!([managed(MANAGER, "Apply", our_fields())]));
+        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
+    }
+
+    #[test]
+    fn absent_entry_is_written_without_force() {
+        let target = object(json!([]), json!([]));
+        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::Write { force: false, drift: vec![] });
+    }
+
+    #[test]
+    fn hand_set_value_is_conflict_naming_manager() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}});
+        let target = object(json!([{"name": "A", "value": "x"}]), json!([managed("kubectl-edit", "Update", theirs)]));
+        let Verdict::Conflict(foreign) = verdict(&target, &[entry()], MANAGER) else {
+            panic!("expected a conflict");
+        };
+        assert_eq!(foreign.manager, "kubectl-edit");
+        assert_eq!(foreign.fields, ["name", "value"]);
+    }
+
+    #[test]
+    fn hand_edit_of_written_entry_is_forced_drift() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {"f:valueFrom": {"f:secretKeyRef": {"f:key": {}}}}}}}}});
+        let live = json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "other"}}}]);
+        let target = object(
+            live,
+            json!([managed(MANAGER, "Apply", our_fields()), managed("kubectl-edit", "Update", theirs)]),
+        );
+        let Verdict::Write { force, drift } = verdict(&target, &[entry()], MANAGER) else {
+            panic!("expected a write");
+        };
+        assert!(force);
+        assert_eq!(drift[0].manager, "kubectl-edit");
+    }
+
+    #[test]
+    fn apply_manager_on_written_entry_is_conflict() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {"f:valueFrom": {"f:secretKeyRef": {"f:key": {}}}}}}}}});
+        let target = object(
+            json!([entry().value]),
+            json!([managed(MANAGER, "Apply", our_fields()), managed("argocd-controller", "Apply", theirs)]),
+        );
+        assert!(matches!(verdict(&target, &[entry()], MANAGER), Verdict::Conflict(_)));
+    }
+
+    #[test]
+    fn extra_owned_entry_is_released_by_write() {
+        let mut fields = our_fields();
+        fields["f:spec"]["f:containers"]["k:{\"name\":\"tikv\"}"]["f:env"]["k:{\"name\":\"OLD\"}"] =
+            json!({".": {}, "f:name": {}, "f:value": {}});
+        let target = object(
+            json!([entry().value, {"name": "OLD", "value": "1"}]),
+            json!([managed(MANAGER, "Apply", fields)]),
+        );
+        assert!(matches!(verdict(&target, &[entry()], MANAGER), Verdict::Write { force: false, .. }));
+    }
+
+    #[test]
+    fn shared_container_entry_is_not_a_conflict() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {".": {}, "f:name": {}, "f:env": {
+            "k:{\"name\":\"MINE\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}});
+        let target = object(
+            json!([{"name": "MINE", "value": "1"}, entry().value]),
+            json!([managed("kubectl-create", "Update", theirs), managed(MANAGER, "Apply", our_fields())]),
+        );
+        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
+    }
+}
