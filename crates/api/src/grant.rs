@@ -29,7 +29,11 @@ use crate::status::StorageGrantStatus;
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = "1"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -143,7 +147,10 @@ pub enum Method {
 impl Method {
     /// Whether the method reads credentials from `secretRef`.
     pub fn uses_secret(self) -> bool {
-        matches!(self, Self::AccessKey | Self::ServiceAccountKey | Self::AzureAd)
+        matches!(
+            self,
+            Self::AccessKey | Self::ServiceAccountKey | Self::AzureAd
+        )
     }
 }
 
@@ -226,7 +233,9 @@ pub struct TargetRef {
     pub cluster: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
 pub enum TargetKind {
     #[serde(rename = "TiKVGroup")]
     TiKvGroup,

@@ -10,4 +10,6 @@ pub use grant::{
     DriftPolicy, Method, Provider, SecretKeys, SecretRef, SelectorRequirement, StorageGrant,
     StorageGrantSpec, TargetKind, TargetRef, TargetSelector,
 };
-pub use status::{Condition, ConditionStatus, StorageGrantStatus, TargetState, TargetStatus, TargetSummary};
+pub use status::{
+    Condition, ConditionStatus, StorageGrantStatus, TargetState, TargetStatus, TargetSummary,
+};

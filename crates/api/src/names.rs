@@ -29,7 +29,10 @@ const HASH_LEN: usize = 10;
 /// The field manager of every write this grant makes.
 pub fn field_manager(grant: &str) -> String {
     let prefix = format!("{GROUP}/");
-    format!("{prefix}{}", bounded(grant, FIELD_MANAGER_MAX - prefix.len()))
+    format!(
+        "{prefix}{}",
+        bounded(grant, FIELD_MANAGER_MAX - prefix.len())
+    )
 }
 
 /// The name of the Secret the controller keeps for this grant.

@@ -1,7 +1,12 @@
 use crate::TargetKind;
 
 impl TargetKind {
-    pub const ALL: [TargetKind; 4] = [Self::TiKvGroup, Self::TiFlashGroup, Self::Backup, Self::Restore];
+    pub const ALL: [TargetKind; 4] = [
+        Self::TiKvGroup,
+        Self::TiFlashGroup,
+        Self::Backup,
+        Self::Restore,
+    ];
 
     /// The kind as written in manifests.
     pub fn as_str(self) -> &'static str {
@@ -62,7 +67,9 @@ impl TargetKind {
 
     /// Parses the kind of a manifest.
     pub fn from_kind(kind: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|candidate| candidate.as_str() == kind)
+        Self::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == kind)
     }
 }
 

@@ -11,7 +11,9 @@ fn schema() -> Value {
 
 /// Calls `visit` with the JSON path and body of every schema node.
 fn walk(node: &Value, path: &str, visit: &mut dyn FnMut(&str, &serde_json::Map<String, Value>)) {
-    let Some(object) = node.as_object() else { return };
+    let Some(object) = node.as_object() else {
+        return;
+    };
     visit(path, object);
     if let Some(properties) = object.get("properties").and_then(Value::as_object) {
         for (name, child) in properties {
@@ -25,7 +27,12 @@ fn walk(node: &Value, path: &str, visit: &mut dyn FnMut(&str, &serde_json::Map<S
         walk(values, &format!("{path}{{}}"), visit);
     }
     for key in ["allOf", "anyOf", "oneOf"] {
-        for child in object.get(key).and_then(Value::as_array).into_iter().flatten() {
+        for child in object
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             walk(child, path, visit);
         }
     }
@@ -75,6 +82,9 @@ fn crd_names_and_subresources() {
         .map(|column| column["name"].as_str().unwrap())
         .collect();
     for expected in ["Provider", "Method", "Ready", "Age"] {
-        assert!(columns.contains(&expected), "no printer column {expected}: {columns:?}");
+        assert!(
+            columns.contains(&expected),
+            "no printer column {expected}: {columns:?}"
+        );
     }
 }

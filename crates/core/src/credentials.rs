@@ -23,7 +23,11 @@ pub enum CredentialError {
         "Secret {secret} has no key {key} ({field}); add the key, or set {field} to the key \
          that holds this credential"
     )]
-    SecretKeyMissing { secret: String, key: String, field: String },
+    SecretKeyMissing {
+        secret: String,
+        key: String,
+        field: String,
+    },
 
     #[error("key {key} of Secret {secret} is empty; put the credential in it")]
     SecretKeyEmpty { secret: String, key: String },
@@ -53,7 +57,9 @@ pub enum CredentialError {
     )]
     SecretNameTaken { secret: String },
 
-    #[error("the method {method} of provider {provider} is not supported by this controller version")]
+    #[error(
+        "the method {method} of provider {provider} is not supported by this controller version"
+    )]
     MethodNotSupported { provider: Provider, method: Method },
 }
 
@@ -111,8 +117,8 @@ fn credentials_of(provider: Provider, method: Method) -> Option<Vec<Credential>>
 }
 
 fn check_access_key_id(value: &str) -> Option<ValueProblem> {
-    let plausible = (16..=128).contains(&value.len())
-        && value.bytes().all(|byte| byte.is_ascii_alphanumeric());
+    let plausible =
+        (16..=128).contains(&value.len()) && value.bytes().all(|byte| byte.is_ascii_alphanumeric());
     if !plausible {
         Some(ValueProblem::InvalidAccessKeyId)
     } else if value.starts_with("ASIA") {
@@ -152,32 +158,47 @@ pub fn kept_secret_data(
     if !spec.method.uses_secret() {
         return Ok(None);
     }
-    let credentials = credentials_of(spec.provider, spec.method).ok_or(
-        CredentialError::MethodNotSupported { provider: spec.provider, method: spec.method },
-    )?;
-    let secret = spec.secret_ref.as_ref().map(|secret_ref| secret_ref.name.clone()).unwrap_or_default();
+    let credentials =
+        credentials_of(spec.provider, spec.method).ok_or(CredentialError::MethodNotSupported {
+            provider: spec.provider,
+            method: spec.method,
+        })?;
+    let secret = spec
+        .secret_ref
+        .as_ref()
+        .map(|secret_ref| secret_ref.name.clone())
+        .unwrap_or_default();
     let Some(source) = source else {
         let expected: Vec<&str> = credentials
             .iter()
-            .map(|credential| key_override(spec, credential.field).unwrap_or(credential.default_key))
+            .map(|credential| {
+                key_override(spec, credential.field).unwrap_or(credential.default_key)
+            })
             .collect();
-        return Err(CredentialError::SecretNotFound { secret, expected: expected.join(", ") });
+        return Err(CredentialError::SecretNotFound {
+            secret,
+            expected: expected.join(", "),
+        });
     };
 
     let mut kept = SecretData::new();
     for credential in &credentials {
-        let key = key_override(spec, credential.field).unwrap_or(credential.default_key).to_owned();
+        let key = key_override(spec, credential.field)
+            .unwrap_or(credential.default_key)
+            .to_owned();
         let Some(bytes) = source.get(&key) else {
             let field = format!("spec.secretRef.keys.{}", credential.field);
             return Err(CredentialError::SecretKeyMissing { secret, key, field });
         };
         let error_for = |problem| match problem {
-            ValueProblem::InvalidAccessKeyId => {
-                CredentialError::InvalidAccessKeyId { secret: secret.clone(), key: key.clone() }
-            }
-            ValueProblem::TemporaryAccessKey => {
-                CredentialError::TemporaryAccessKey { secret: secret.clone(), key: key.clone() }
-            }
+            ValueProblem::InvalidAccessKeyId => CredentialError::InvalidAccessKeyId {
+                secret: secret.clone(),
+                key: key.clone(),
+            },
+            ValueProblem::TemporaryAccessKey => CredentialError::TemporaryAccessKey {
+                secret: secret.clone(),
+                key: key.clone(),
+            },
         };
         if bytes.is_empty() {
             return Err(CredentialError::SecretKeyEmpty { secret, key });
@@ -209,7 +230,10 @@ mod tests {
         StorageGrantSpec {
             provider: Provider::Aws,
             method: Method::AccessKey,
-            secret_ref: Some(SecretRef { name: "s3-creds".into(), keys }),
+            secret_ref: Some(SecretRef {
+                name: "s3-creds".into(),
+                keys,
+            }),
             role_arn: None,
             service_account_name: None,
             targets: vec![TargetRef {
@@ -223,14 +247,26 @@ mod tests {
     }
 
     fn data(pairs: &[(&str, &str)]) -> SecretData {
-        pairs.iter().map(|(key, value)| (key.to_string(), value.as_bytes().to_vec())).collect()
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.as_bytes().to_vec()))
+            .collect()
     }
 
     #[test]
     fn aws_keys_are_copied_to_tidb_layout() {
-        let source = data(&[("access_key", KEY_ID), ("secret_key", SECRET_KEY), ("other", "x")]);
-        let kept = kept_secret_data(&aws_spec(None), Some(&source)).unwrap().unwrap();
-        assert_eq!(kept, data(&[("access_key", KEY_ID), ("secret_key", SECRET_KEY)]));
+        let source = data(&[
+            ("access_key", KEY_ID),
+            ("secret_key", SECRET_KEY),
+            ("other", "x"),
+        ]);
+        let kept = kept_secret_data(&aws_spec(None), Some(&source))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kept,
+            data(&[("access_key", KEY_ID), ("secret_key", SECRET_KEY)])
+        );
     }
 
     #[test]
@@ -240,9 +276,17 @@ mod tests {
             secret_access_key: Some("AWS_SECRET_ACCESS_KEY".into()),
             ..SecretKeys::default()
         };
-        let source = data(&[("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", SECRET_KEY)]);
-        let kept = kept_secret_data(&aws_spec(Some(keys)), Some(&source)).unwrap().unwrap();
-        assert_eq!(kept, data(&[("access_key", KEY_ID), ("secret_key", SECRET_KEY)]));
+        let source = data(&[
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ]);
+        let kept = kept_secret_data(&aws_spec(Some(keys)), Some(&source))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kept,
+            data(&[("access_key", KEY_ID), ("secret_key", SECRET_KEY)])
+        );
     }
 
     #[test]
@@ -259,7 +303,11 @@ mod tests {
         let error = kept_secret_data(&aws_spec(None), Some(&source)).unwrap_err();
         assert_eq!(error.reason(), "SecretKeyMissing");
         assert!(error.to_string().contains("secret_key"));
-        assert!(error.to_string().contains("spec.secretRef.keys.secretAccessKey"));
+        assert!(
+            error
+                .to_string()
+                .contains("spec.secretRef.keys.secretAccessKey")
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@ use crate::fieldset::{Entry, Path, Step};
 
 /// Why a grant cannot be written to a kind of target.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("the method {method} of provider {provider} on a {kind} is not supported by this controller version")]
+#[error(
+    "the method {method} of provider {provider} on a {kind} is not supported by this controller version"
+)]
 pub struct Unsupported {
     pub provider: Provider,
     pub method: Method,
@@ -19,7 +21,11 @@ pub fn entries(grant: &StorageGrant, kind: TargetKind) -> Result<Vec<Entry>, Uns
     let spec = &grant.spec;
     let grant_name = grant.metadata.name.as_deref().unwrap_or_default();
     let kept = names::kept_secret(grant_name);
-    let unsupported = Unsupported { provider: spec.provider, method: spec.method, kind };
+    let unsupported = Unsupported {
+        provider: spec.provider,
+        method: spec.method,
+        kind,
+    };
     match (spec.provider, spec.method, kind.main_container()) {
         (Provider::Aws, Method::AccessKey, Some(container)) => Ok(vec![
             secret_env(container, "AWS_ACCESS_KEY_ID", &kept, "access_key"),
@@ -31,11 +37,19 @@ pub fn entries(grant: &StorageGrant, kind: TargetKind) -> Result<Vec<Entry>, Uns
 
 /// The path of the main container in a group's pod overlay.
 fn container_path(container: &str) -> Path {
-    ["spec", "template", "spec", "overlay", "pod", "spec", "containers"]
-        .into_iter()
-        .map(Step::field)
-        .chain([Step::key("name", container)])
-        .collect()
+    [
+        "spec",
+        "template",
+        "spec",
+        "overlay",
+        "pod",
+        "spec",
+        "containers",
+    ]
+    .into_iter()
+    .map(Step::field)
+    .chain([Step::key("name", container)])
+    .collect()
 }
 
 /// An env entry of the container that reads `key` of the kept Secret.
@@ -75,7 +89,10 @@ spec:
     #[test]
     fn aws_keys_go_to_tiflash_container_of_tiflash_group() {
         let entries = entries(&grant(AWS_KEYS), TargetKind::TiFlashGroup).unwrap();
-        let paths: Vec<String> = entries.iter().map(|entry| display_path(&entry.path)).collect();
+        let paths: Vec<String> = entries
+            .iter()
+            .map(|entry| display_path(&entry.path))
+            .collect();
         assert_eq!(
             paths,
             [

@@ -141,7 +141,8 @@ fn merge(node: &mut Value, value: Value) {
 }
 
 fn has_key(item: &Value, key: &Map<String, Value>) -> bool {
-    key.iter().all(|(field, expected)| item.get(field) == Some(expected))
+    key.iter()
+        .all(|(field, expected)| item.get(field) == Some(expected))
 }
 
 /// The value at `path` in a live object, if any.
@@ -189,7 +190,9 @@ pub fn fields_of(path: &[Step], value: &Value) -> Value {
             let element = node.as_object_mut().expect("fieldsV1 nodes are objects");
             element.insert(".".into(), Value::Object(Map::new()));
             for field in key.keys() {
-                element.entry(format!("f:{field}")).or_insert(Value::Object(Map::new()));
+                element
+                    .entry(format!("f:{field}"))
+                    .or_insert(Value::Object(Map::new()));
             }
         }
         let mut outer = Map::new();
@@ -219,15 +222,28 @@ pub fn leaf_fields(fields: &Value) -> Vec<String> {
 fn collect_leaves(fields: &Value, prefix: String, leaves: &mut Vec<String>) {
     let children: Vec<(&String, &Value)> = fields
         .as_object()
-        .map(|object| object.iter().filter(|(key, _)| key.as_str() != ".").collect())
+        .map(|object| {
+            object
+                .iter()
+                .filter(|(key, _)| key.as_str() != ".")
+                .collect()
+        })
         .unwrap_or_default();
     if children.is_empty() {
-        leaves.push(if prefix.is_empty() { ".".to_owned() } else { prefix });
+        leaves.push(if prefix.is_empty() {
+            ".".to_owned()
+        } else {
+            prefix
+        });
         return;
     }
     for (key, child) in children {
         let name = key.strip_prefix("f:").unwrap_or(key);
-        let next = if prefix.is_empty() { name.to_owned() } else { format!("{prefix}.{name}") };
+        let next = if prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{prefix}.{name}")
+        };
         collect_leaves(child, next, leaves);
     }
 }
@@ -277,7 +293,10 @@ mod tests {
             {"name": "other", "env": [{"name": "A", "value": "x"}]},
             {"name": "tikv", "env": [{"name": "A", "value": "1"}]}
         ]}});
-        assert_eq!(lookup(&object, &env_path("tikv", "A")), Some(&json!({"name": "A", "value": "1"})));
+        assert_eq!(
+            lookup(&object, &env_path("tikv", "A")),
+            Some(&json!({"name": "A", "value": "1"}))
+        );
         assert_eq!(lookup(&object, &env_path("tikv", "B")), None);
     }
 
@@ -301,12 +320,21 @@ mod tests {
     #[test]
     fn contains_ignores_extra_live_fields() {
         let live = json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k", "optional": false}}});
-        assert!(contains(&live, &json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})));
-        assert!(!contains(&live, &json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}})));
+        assert!(contains(
+            &live,
+            &json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"name": "A", "valueFrom": {"secretKeyRef": {"name": "t", "key": "k"}}})
+        ));
     }
 
     #[test]
     fn display_path_reads_like_kubectl() {
-        assert_eq!(display_path(&env_path("tikv", "A")), "spec.containers[name=tikv].env[name=A]");
+        assert_eq!(
+            display_path(&env_path("tikv", "A")),
+            "spec.containers[name=tikv].env[name=A]"
+        );
     }
 }

@@ -7,4 +7,8 @@
 pub mod credentials;
 pub mod desired;
 pub mod fieldset;
+pub mod kept;
 pub mod ownership;
+pub mod selection;
+pub mod status;
+pub mod target;

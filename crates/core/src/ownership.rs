@@ -36,7 +36,10 @@ pub enum Verdict {
     InSync,
     /// Apply the entries. `force` takes fields back from `Update` managers (hand edits) that
     /// changed what this grant wrote; `drift` lists them.
-    Write { force: bool, drift: Vec<ForeignField> },
+    Write {
+        force: bool,
+        drift: Vec<ForeignField>,
+    },
     /// Another manager owns a field inside an entry this grant needs, and it either applied it
     /// (GitOps, another grant) or set it before this grant did. Nothing is written.
     Conflict(ForeignField),
@@ -55,7 +58,13 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
     let all = managed_fields(object);
     let (ours, others): (Vec<_>, Vec<_>) = all
         .into_iter()
-        .filter(|managed| managed.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter(|managed| {
+            managed
+                .subresource
+                .as_deref()
+                .unwrap_or_default()
+                .is_empty()
+        })
         .partition(|managed| managed.manager.as_deref() == Some(manager));
     let our_fields: Vec<&Value> = ours
         .iter()
@@ -66,15 +75,23 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
     let mut drift = Vec::new();
     let mut differs = false;
     for entry in entries {
-        let we_own_part = our_fields.iter().any(|fields| fields_at(fields, &entry.path).is_some());
+        let we_own_part = our_fields
+            .iter()
+            .any(|fields| fields_at(fields, &entry.path).is_some());
         for other in &others {
-            let Some(owned) = other.fields.as_ref().and_then(|fields| fields_at(fields, &entry.path))
+            let Some(owned) = other
+                .fields
+                .as_ref()
+                .and_then(|fields| fields_at(fields, &entry.path))
             else {
                 continue;
             };
             let foreign = ForeignField {
                 entry: entry.label.clone(),
-                manager: other.manager.clone().unwrap_or_else(|| "(unnamed)".to_owned()),
+                manager: other
+                    .manager
+                    .clone()
+                    .unwrap_or_else(|| "(unnamed)".to_owned()),
                 operation: other.operation.clone().unwrap_or_default(),
                 fields: leaf_fields(owned),
             };
@@ -98,8 +115,14 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
 /// Whether the grant's applied field set is exactly the set that `entries` need, so that an
 /// apply would neither claim nor release anything. Identifying metadata is left out.
 fn owns_exactly(our_fields: &[&Value], entries: &[Entry]) -> bool {
-    let mut owned: Vec<String> = our_fields.iter().flat_map(|fields| leaf_fields(&without_identity(fields))).collect();
-    let mut needed: Vec<String> = entries.iter().flat_map(|entry| leaf_fields(&fields_of(&entry.path, &entry.value))).collect();
+    let mut owned: Vec<String> = our_fields
+        .iter()
+        .flat_map(|fields| leaf_fields(&without_identity(fields)))
+        .collect();
+    let mut needed: Vec<String> = entries
+        .iter()
+        .flat_map(|entry| leaf_fields(&fields_of(&entry.path, &entry.value)))
+        .collect();
     owned.sort();
     owned.dedup();
     needed.sort();
@@ -115,7 +138,9 @@ fn without_identity(fields: &Value) -> Value {
     if let Some(metadata) = copy.get_mut("f:metadata").and_then(Value::as_object_mut) {
         metadata.retain(|key, _| key == "f:labels" || key == "f:annotations");
         if metadata.is_empty() {
-            copy.as_object_mut().expect("a fieldsV1 set is an object").remove("f:metadata");
+            copy.as_object_mut()
+                .expect("a fieldsV1 set is an object")
+                .remove("f:metadata");
         }
     }
     copy
@@ -163,21 +188,33 @@ mod tests {
 
     #[test]
     fn written_entry_owned_by_grant_is_in_sync() {
-        let target = object(json!([entry().value]), json!([managed(MANAGER, "Apply", our_fields())]));
+        let target = object(
+            json!([entry().value]),
+            json!([managed(MANAGER, "Apply", our_fields())]),
+        );
         assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
     }
 
     #[test]
     fn absent_entry_is_written_without_force() {
         let target = object(json!([]), json!([]));
-        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::Write { force: false, drift: vec![] });
+        assert_eq!(
+            verdict(&target, &[entry()], MANAGER),
+            Verdict::Write {
+                force: false,
+                drift: vec![]
+            }
+        );
     }
 
     #[test]
     fn hand_set_value_is_conflict_naming_manager() {
         let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
             "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}});
-        let target = object(json!([{"name": "A", "value": "x"}]), json!([managed("kubectl-edit", "Update", theirs)]));
+        let target = object(
+            json!([{"name": "A", "value": "x"}]),
+            json!([managed("kubectl-edit", "Update", theirs)]),
+        );
         let Verdict::Conflict(foreign) = verdict(&target, &[entry()], MANAGER) else {
             panic!("expected a conflict");
         };
@@ -189,10 +226,14 @@ mod tests {
     fn hand_edit_of_written_entry_is_forced_drift() {
         let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
             "k:{\"name\":\"A\"}": {"f:valueFrom": {"f:secretKeyRef": {"f:key": {}}}}}}}}});
-        let live = json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "other"}}}]);
+        let live =
+            json!([{"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "other"}}}]);
         let target = object(
             live,
-            json!([managed(MANAGER, "Apply", our_fields()), managed("kubectl-edit", "Update", theirs)]),
+            json!([
+                managed(MANAGER, "Apply", our_fields()),
+                managed("kubectl-edit", "Update", theirs)
+            ]),
         );
         let Verdict::Write { force, drift } = verdict(&target, &[entry()], MANAGER) else {
             panic!("expected a write");
@@ -207,9 +248,15 @@ mod tests {
             "k:{\"name\":\"A\"}": {"f:valueFrom": {"f:secretKeyRef": {"f:key": {}}}}}}}}});
         let target = object(
             json!([entry().value]),
-            json!([managed(MANAGER, "Apply", our_fields()), managed("argocd-controller", "Apply", theirs)]),
+            json!([
+                managed(MANAGER, "Apply", our_fields()),
+                managed("argocd-controller", "Apply", theirs)
+            ]),
         );
-        assert!(matches!(verdict(&target, &[entry()], MANAGER), Verdict::Conflict(_)));
+        assert!(matches!(
+            verdict(&target, &[entry()], MANAGER),
+            Verdict::Conflict(_)
+        ));
     }
 
     #[test]
@@ -221,7 +268,10 @@ mod tests {
             json!([entry().value, {"name": "OLD", "value": "1"}]),
             json!([managed(MANAGER, "Apply", fields)]),
         );
-        assert!(matches!(verdict(&target, &[entry()], MANAGER), Verdict::Write { force: false, .. }));
+        assert!(matches!(
+            verdict(&target, &[entry()], MANAGER),
+            Verdict::Write { force: false, .. }
+        ));
     }
 
     #[test]
@@ -230,7 +280,10 @@ mod tests {
             "k:{\"name\":\"MINE\"}": {".": {}, "f:name": {}, "f:value": {}}}}}}});
         let target = object(
             json!([{"name": "MINE", "value": "1"}, entry().value]),
-            json!([managed("kubectl-create", "Update", theirs), managed(MANAGER, "Apply", our_fields())]),
+            json!([
+                managed("kubectl-create", "Update", theirs),
+                managed(MANAGER, "Apply", our_fields())
+            ]),
         );
         assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
     }
