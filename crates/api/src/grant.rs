@@ -14,6 +14,7 @@ use crate::status::StorageGrantStatus;
     kind = "StorageGrant",
     namespaced,
     status = "StorageGrantStatus",
+    doc = "Grants TiDB components access to backup storage and keeps that access correct.",
     shortname = "sg",
     category = "tidb",
     printcolumn(name = "Provider", type_ = "string", json_path = ".spec.provider"),
@@ -259,8 +260,7 @@ pub enum TargetKind {
 )]
 pub struct TargetSelector {
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "bounded_labels")]
-    pub match_labels: Option<BTreeMap<String, String>>,
+    pub match_labels: Option<MatchLabels>,
 
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
@@ -287,13 +287,23 @@ pub struct SelectorRequirement {
     pub values: Option<Vec<String>>,
 }
 
-/// The schema of `matchLabels`: at most 32 labels, each value a valid label value length.
-fn bounded_labels(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "maxProperties": 32,
-        "additionalProperties": { "type": "string", "maxLength": 63 },
-    })
+/// The `matchLabels` of a selector: at most 32 labels, each value at most 63 characters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(transparent)]
+pub struct MatchLabels(pub BTreeMap<String, String>);
+
+impl JsonSchema for MatchLabels {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MatchLabels".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "maxProperties": 32,
+            "additionalProperties": { "type": "string", "maxLength": 63 },
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -7,8 +7,8 @@ mod status;
 mod target;
 
 pub use grant::{
-    DriftPolicy, Method, Provider, SecretKeys, SecretRef, SelectorRequirement, StorageGrant,
-    StorageGrantSpec, TargetKind, TargetRef, TargetSelector,
+    DriftPolicy, MatchLabels, Method, Provider, SecretKeys, SecretRef, SelectorRequirement,
+    StorageGrant, StorageGrantSpec, TargetKind, TargetRef, TargetSelector,
 };
 pub use status::{
     Condition, ConditionStatus, StorageGrantStatus, TargetState, TargetStatus, TargetSummary,

@@ -113,23 +113,32 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
 }
 
 /// Whether the grant's applied field set is exactly the set that `entries` need, so that an
-/// apply would neither claim nor release anything. Identifying metadata is left out.
+/// apply would neither claim nor release anything. Identifying metadata is left out. A field
+/// of an atomic map (such as `secretKeyRef`) is recorded as one leaf, so a leaf covers the
+/// fields below it.
 fn owns_exactly(our_fields: &[&Value], entries: &[Entry]) -> bool {
-    let mut owned: Vec<String> = our_fields
-        .iter()
-        .flat_map(|fields| leaf_fields(&without_identity(fields)))
-        .collect();
-    let mut needed: Vec<String> = entries
+    let claims_all = entries.iter().all(|entry| {
+        our_fields
+            .iter()
+            .any(|fields| fields_at(fields, &entry.path).is_some())
+    });
+    let needed: Vec<String> = entries
         .iter()
         .flat_map(|entry| leaf_fields(&fields_of(&entry.path, &entry.value)))
         .collect();
-    owned.sort();
-    owned.dedup();
-    needed.sort();
-    needed.dedup();
-    owned.retain(|leaf| leaf != ".");
-    needed.retain(|leaf| leaf != ".");
-    owned == needed
+    let related = |owned: &String| {
+        needed.iter().any(|leaf| {
+            leaf == owned
+                || leaf.starts_with(&format!("{owned}."))
+                || owned.starts_with(&format!("{leaf}."))
+        })
+    };
+    let no_extra = our_fields
+        .iter()
+        .flat_map(|fields| leaf_fields(&without_identity(fields)))
+        .filter(|leaf| leaf != ".")
+        .all(|leaf| related(&leaf));
+    claims_all && no_extra
 }
 
 /// A copy of a `fieldsV1` set without `metadata` fields other than labels and annotations.
@@ -272,6 +281,18 @@ mod tests {
             verdict(&target, &[entry()], MANAGER),
             Verdict::Write { force: false, .. }
         ));
+    }
+
+    #[test]
+    fn atomic_map_recorded_as_one_leaf_is_in_sync() {
+        let fields = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {".": {}, "f:name": {}, "f:env": {
+            "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:valueFrom": {"f:secretKeyRef": {}}}
+        }}}}});
+        let target = object(
+            json!([entry().value]),
+            json!([managed(MANAGER, "Apply", fields)]),
+        );
+        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
     }
 
     #[test]

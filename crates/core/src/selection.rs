@@ -50,7 +50,7 @@ pub fn matches_selector(selector: &TargetSelector, labels: &BTreeMap<String, Str
     let labels_match = selector
         .match_labels
         .iter()
-        .flatten()
+        .flat_map(|labels| labels.0.iter())
         .all(|(key, value)| labels.get(key) == Some(value));
     let expressions_match = selector
         .match_expressions

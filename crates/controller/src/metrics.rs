@@ -1,0 +1,89 @@
+//! Prometheus metrics. Label values are bounded: kinds, results and reasons, never object names.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// The kind of object written: Secret, TiKVGroup, StorageGrant (status), ...
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// The controller's metrics, registered under the `storagegrant` prefix.
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub writes: Family<WriteLabels, Counter>,
+    pub credential_failures: Family<ReasonLabels, Counter>,
+    pub conflicts: Family<ReasonLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            reconciles: Family::default(),
+            reconcile_duration: Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            writes: Family::default(),
+            credential_failures: Family::default(),
+            conflicts: Family::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("storagegrant");
+        registry.register(
+            "reconciles",
+            "Reconciles of grants by result",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one grant",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "writes",
+            "Writes to the API server by object kind",
+            metrics.writes.clone(),
+        );
+        registry.register(
+            "credential_check_failures",
+            "Failed checks of source Secrets by reason",
+            metrics.credential_failures.clone(),
+        );
+        registry.register(
+            "target_conflicts",
+            "Targets left unwritten because another field manager owns a needed field",
+            metrics.conflicts.clone(),
+        );
+        metrics
+    }
+
+    pub fn observe_reconcile(&self, result: &'static str, elapsed: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+}
