@@ -1,0 +1,173 @@
+//! Runs `storagegrant-controller` for a test as the ServiceAccount of the shipped install,
+//! bound only by the shipped RBAC in `config/rbac`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cluster::workspace_root;
+use crate::identity::{service_account_token, write_token_kubeconfig};
+use crate::objects::{apply, read_documents};
+use crate::{ControlPlane, eventually};
+
+pub const CONTROLLER_NAMESPACE: &str = "storagegrant-system";
+pub const CONTROLLER_ACCOUNT: &str = "storagegrant-controller";
+
+/// The user name the API server records for the controller's requests.
+pub fn controller_username() -> String {
+    format!("system:serviceaccount:{CONTROLLER_NAMESPACE}:{CONTROLLER_ACCOUNT}")
+}
+
+/// A controller process, stopped when dropped.
+pub struct RunningController {
+    child: Child,
+    pub metrics_address: String,
+    /// The controller's log (JSON lines); tests scan it.
+    pub log_path: PathBuf,
+}
+
+impl Drop for RunningController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Builds the controller binary once per test process and returns its path.
+pub fn controller_binary() -> &'static Path {
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("STORAGEGRANT_CONTROLLER_BIN") {
+            return PathBuf::from(path);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "storagegrant-controller",
+                "--bin",
+                "storagegrant-controller",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("failed to run cargo build");
+        assert!(status.success(), "building storagegrant-controller failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("debug/storagegrant-controller")
+    })
+}
+
+/// Applies the shipped RBAC and the controller's ServiceAccount.
+pub async fn install_rbac(admin: &Client) {
+    let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}});
+    apply(admin, None, namespace).await;
+    for file in ["service_account.yaml", "role.yaml", "role_binding.yaml"] {
+        for document in read_documents(&workspace_root().join("config/rbac").join(file)) {
+            apply(admin, Some(CONTROLLER_NAMESPACE), document).await;
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+        .port()
+}
+
+/// Starts a controller restricted to `namespaces` and waits until it reports ready.
+pub async fn start(
+    control_plane: &ControlPlane,
+    admin: &Client,
+    namespaces: &[&str],
+    name: &str,
+) -> RunningController {
+    install_rbac(admin).await;
+    let token = service_account_token(admin, CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT).await;
+    let logs = workspace_root().join("target/e2e-logs");
+    std::fs::create_dir_all(&logs).expect("log directory");
+    let kubeconfig = logs.join(format!("{name}.kubeconfig"));
+    write_token_kubeconfig(control_plane, &token, &kubeconfig);
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path).expect("log file");
+
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(controller_binary())
+        .args(["run", "--leader-elect=false", "--log-format=json"])
+        .arg(format!("--namespaces={}", namespaces.join(",")))
+        .arg(format!("--metrics-bind-address={metrics_address}"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info,storagegrant_controller=debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file handle"))
+        .stderr(log)
+        .spawn()
+        .expect("failed to start storagegrant-controller");
+    let controller = RunningController {
+        child,
+        metrics_address,
+        log_path,
+    };
+    let address = controller.metrics_address.clone();
+    eventually(
+        "the controller to report ready",
+        Duration::from_secs(60),
+        || {
+            let address = address.clone();
+            async move {
+                match http_get(&address, "/readyz").await {
+                    Ok((200, _)) => Ok(()),
+                    Ok((code, body)) => Err(format!("{code} {body}")),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    controller
+}
+
+impl RunningController {
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        http_get(&self.metrics_address, "/metrics")
+            .await
+            .expect("metrics served")
+            .1
+    }
+
+    /// The controller's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback; returns the status code and body.
+pub async fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
