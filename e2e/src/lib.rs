@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod controller;
+pub mod fixtures;
 pub mod identity;
 pub mod objects;
 
