@@ -277,7 +277,8 @@ async fn bad_keys_are_named_without_values() {
     )
     .await;
 
-    let cases: [(&[(&str, &str)], &str, &str); 4] = [
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 4] = [
         (&[("access_key", KEY_ID)], "SecretKeyMissing", "secret_key"),
         (
             &[("access_key", ""), ("secret_key", SECRET_KEY)],

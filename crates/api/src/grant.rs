@@ -1,3 +1,6 @@
+// The printcolumn attributes repeat `type_ = "string"`, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};

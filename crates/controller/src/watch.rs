@@ -69,12 +69,15 @@ impl Readiness {
     }
 }
 
+/// The channel into the controller of one namespace (`None`: all namespaces).
+pub type Trigger = (Option<String>, UnboundedSender<ObjectRef<StorageGrant>>);
+
 /// Sends grants to the controller that serves their namespace.
 #[derive(Clone, Default)]
-pub struct Triggers(Arc<Vec<(Option<String>, UnboundedSender<ObjectRef<StorageGrant>>)>>);
+pub struct Triggers(Arc<Vec<Trigger>>);
 
 impl Triggers {
-    pub fn new(senders: Vec<(Option<String>, UnboundedSender<ObjectRef<StorageGrant>>)>) -> Self {
+    pub fn new(senders: Vec<Trigger>) -> Self {
         Self(Arc::new(senders))
     }
 
@@ -232,9 +235,12 @@ where
     }
 }
 
+/// A watch built but not started, waiting for the shared stores.
+type PendingWatch = Box<dyn FnOnce(Arc<Stores>, Triggers) + Send>;
+
 /// Secret watch caches and their writers, created before the stores are shared.
 pub struct SecretWatches {
-    pending: Vec<Box<dyn FnOnce(Arc<Stores>, Triggers) + Send>>,
+    pending: Vec<PendingWatch>,
     pub secrets: Vec<Store<PartialObjectMeta<Secret>>>,
     pub kept: Vec<Store<Secret>>,
 }
