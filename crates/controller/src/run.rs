@@ -14,7 +14,7 @@ use storagegrant_api::StorageGrant;
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
-use crate::watch::{self, Readiness, Scope, SecretWatches, Stores, Triggers};
+use crate::watch::{self, CoreWatches, Readiness, Scope, Stores, Triggers};
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
@@ -57,14 +57,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         controllers.push(controller);
     }
 
-    let secret_watches = SecretWatches::new(&client, &scope, &readiness);
-    let stores = Arc::new(Stores::new(
-        grant_stores,
-        secret_watches.secrets.clone(),
-        secret_watches.kept.clone(),
-    ));
+    let core_watches = CoreWatches::new(&client, &scope, &readiness);
+    let stores = Arc::new(Stores::new(grant_stores, &core_watches));
     let triggers = Triggers::new(senders);
-    secret_watches.start(stores.clone(), triggers.clone());
+    core_watches.start(stores.clone(), triggers.clone());
     watch::watch_target_kinds(
         client.clone(),
         scope.clone(),

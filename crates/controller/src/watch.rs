@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::channel::mpsc::UnboundedSender;
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PartialObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -100,19 +100,18 @@ pub struct Stores {
     pub secrets: Vec<Store<PartialObjectMeta<Secret>>>,
     /// The Secrets the controller keeps, selected by label, with their data.
     pub kept: Vec<Store<Secret>>,
+    /// Metadata of every ServiceAccount in scope: IRSA accounts created or adopted.
+    pub accounts: Vec<Store<PartialObjectMeta<ServiceAccount>>>,
     targets: RwLock<HashMap<TargetKind, Vec<Store<DynamicObject>>>>,
 }
 
 impl Stores {
-    pub fn new(
-        grants: Vec<Store<StorageGrant>>,
-        secrets: Vec<Store<PartialObjectMeta<Secret>>>,
-        kept: Vec<Store<Secret>>,
-    ) -> Self {
+    pub fn new(grants: Vec<Store<StorageGrant>>, watches: &CoreWatches) -> Self {
         Self {
             grants,
-            secrets,
-            kept,
+            secrets: watches.secrets.clone(),
+            kept: watches.kept.clone(),
+            accounts: watches.accounts.clone(),
             targets: RwLock::default(),
         }
     }
@@ -156,6 +155,23 @@ impl Stores {
     pub fn kept_secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         let key = ObjectRef::new(name).within(namespace);
         self.kept.iter().find_map(|store| store.get(&key))
+    }
+
+    pub fn account_metadata(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<PartialObjectMeta<ServiceAccount>>> {
+        let key = ObjectRef::new(name).within(namespace);
+        self.accounts.iter().find_map(|store| store.get(&key))
+    }
+
+    pub fn accounts_in(&self, namespace: &str) -> Vec<Arc<PartialObjectMeta<ServiceAccount>>> {
+        self.accounts
+            .iter()
+            .flat_map(|store| store.state())
+            .filter(|account| account.namespace().as_deref() == Some(namespace))
+            .collect()
     }
 
     fn add_targets(&self, kind: TargetKind, stores: Vec<Store<DynamicObject>>) {
@@ -204,6 +220,30 @@ fn grants_for_target(
         .collect()
 }
 
+/// The grants to reconcile when a ServiceAccount changes: those that name it, and those
+/// that manage fields on it.
+fn grants_for_account(
+    stores: &Stores,
+    account: &PartialObjectMeta<ServiceAccount>,
+) -> Vec<ObjectRef<StorageGrant>> {
+    let namespace = account.namespace().unwrap_or_default();
+    let name = account.name_any();
+    let managers: Vec<&str> = account
+        .managed_fields()
+        .iter()
+        .filter_map(|entry| entry.manager.as_deref())
+        .collect();
+    stores
+        .grants_in(&namespace)
+        .into_iter()
+        .filter(|grant| {
+            grant.spec.service_account_name.as_deref() == Some(name.as_str())
+                || managers.contains(&names::field_manager(&grant.name_any()).as_str())
+        })
+        .map(|grant| ObjectRef::from_obj(&*grant))
+        .collect()
+}
+
 /// The grants to reconcile when a Secret changes: those that read it or keep it.
 fn grants_for_secret(stores: &Stores, namespace: &str, name: &str) -> Vec<ObjectRef<StorageGrant>> {
     stores
@@ -238,19 +278,22 @@ where
 /// A watch built but not started, waiting for the shared stores.
 type PendingWatch = Box<dyn FnOnce(Arc<Stores>, Triggers) + Send>;
 
-/// Secret watch caches and their writers, created before the stores are shared.
-pub struct SecretWatches {
+/// Watch caches of core objects (Secrets, ServiceAccounts) and their writers, created before
+/// the stores are shared.
+pub struct CoreWatches {
     pending: Vec<PendingWatch>,
     pub secrets: Vec<Store<PartialObjectMeta<Secret>>>,
     pub kept: Vec<Store<Secret>>,
+    pub accounts: Vec<Store<PartialObjectMeta<ServiceAccount>>>,
 }
 
-impl SecretWatches {
+impl CoreWatches {
     pub fn new(client: &Client, scope: &Scope, readiness: &Readiness) -> Self {
         let mut watches = Self {
             pending: Vec::new(),
             secrets: Vec::new(),
             kept: Vec::new(),
+            accounts: Vec::new(),
         };
         for namespace in scope {
             let where_ = namespace.as_deref().unwrap_or("all namespaces").to_owned();
@@ -294,6 +337,33 @@ impl SecretWatches {
                         triggers.send(grant);
                     }
                 }));
+            }));
+
+            let (store, writer) = reflector::store();
+            readiness.track(
+                format!("ServiceAccount metadata in {where_}"),
+                store.clone(),
+            );
+            watches.accounts.push(store);
+            let api: Api<PartialObjectMeta<ServiceAccount>> = match namespace {
+                Some(namespace) => Api::namespaced(client.clone(), namespace),
+                None => Api::all(client.clone()),
+            };
+            let stream = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff(),
+            )
+            .touched_objects();
+            watches.pending.push(Box::new(move |stores, triggers| {
+                tokio::spawn(drain(
+                    stream,
+                    "ServiceAccount metadata",
+                    move |account: PartialObjectMeta<ServiceAccount>| {
+                        for grant in grants_for_account(&stores, &account) {
+                            triggers.send(grant);
+                        }
+                    },
+                ));
             }));
         }
         watches

@@ -52,15 +52,52 @@ pub enum CredentialError {
     TemporaryAccessKey { secret: String, key: String },
 
     #[error(
+        "key {key} of Secret {secret} does not hold a GCP service-account key: {problem}; put \
+         the JSON key file of a service account there"
+    )]
+    InvalidServiceAccountKey {
+        secret: String,
+        key: String,
+        problem: &'static str,
+    },
+
+    #[error(
+        "key {key} of Secret {secret} does not hold an Azure storage account name: expected 3 \
+         to 24 lower-case letters and digits"
+    )]
+    InvalidStorageAccount { secret: String, key: String },
+
+    #[error("key {key} of Secret {secret} does not hold an Azure storage key: expected base64")]
+    InvalidStorageKey { secret: String, key: String },
+
+    #[error(
+        "key {key} of Secret {secret} does not hold an Azure AD {what}: expected a GUID such as \
+         00000000-0000-0000-0000-000000000000"
+    )]
+    InvalidGuid {
+        secret: String,
+        key: String,
+        what: &'static str,
+    },
+
+    #[error(
         "Secret {secret} exists but is not kept by this grant, so it is left alone; delete or \
          rename it, or rename the grant"
     )]
     SecretNameTaken { secret: String },
 
-    #[error(
-        "the method {method} of provider {provider} is not supported by this controller version"
-    )]
+    #[error("the method {method} does not belong to the provider {provider}")]
     MethodNotSupported { provider: Provider, method: Method },
+
+    #[error(
+        "ServiceAccount {account} exists and is not labelled storagegrant.dev/adopt=true, so the \
+         grant leaves it alone; label it to let the grant annotate it with the role, or set \
+         spec.serviceAccountName to a name that is free"
+    )]
+    ServiceAccountNotAdoptable { account: String },
+
+    #[error("ServiceAccount {account} could not be annotated with the role: {detail}")]
+    ServiceAccountConflict { account: String, detail: String },
 }
 
 impl CredentialError {
@@ -73,8 +110,14 @@ impl CredentialError {
             Self::SecretValueMalformed { .. } => "SecretValueMalformed",
             Self::InvalidAccessKeyId { .. } => "InvalidAccessKeyId",
             Self::TemporaryAccessKey { .. } => "TemporaryAccessKey",
+            Self::InvalidServiceAccountKey { .. } => "InvalidServiceAccountKey",
+            Self::InvalidStorageAccount { .. } => "InvalidStorageAccount",
+            Self::InvalidStorageKey { .. } => "InvalidStorageKey",
+            Self::InvalidGuid { .. } => "InvalidGuid",
             Self::SecretNameTaken { .. } => "SecretNameTaken",
             Self::MethodNotSupported { .. } => "MethodNotSupported",
+            Self::ServiceAccountNotAdoptable { .. } => "ServiceAccountNotAdoptable",
+            Self::ServiceAccountConflict { .. } => "ServiceAccountConflict",
         }
     }
 }
@@ -83,48 +126,147 @@ impl CredentialError {
 struct Credential {
     /// The field of `spec.secretRef.keys` that may rename the source key.
     field: &'static str,
-    /// The source key when `spec.secretRef.keys` does not name one.
-    default_key: &'static str,
-    /// The key in the kept Secret, where TiDB reads it.
-    kept_key: &'static str,
-    check: fn(&str) -> Option<ValueProblem>,
+    /// The source key when `spec.secretRef.keys` does not name one, and the key in the kept
+    /// Secret, where TiDB reads it.
+    key: &'static str,
+    /// Whether whitespace is part of valid values (a JSON key file has line breaks).
+    multi_line: bool,
+    check: fn(&str) -> Result<(), ValueProblem>,
 }
 
 enum ValueProblem {
     InvalidAccessKeyId,
     TemporaryAccessKey,
+    InvalidServiceAccountKey(&'static str),
+    InvalidStorageAccount,
+    InvalidStorageKey,
+    InvalidGuid(&'static str),
+}
+
+const fn credential(
+    field: &'static str,
+    key: &'static str,
+    check: fn(&str) -> Result<(), ValueProblem>,
+) -> Credential {
+    Credential {
+        field,
+        key,
+        multi_line: false,
+        check,
+    }
 }
 
 /// The credentials of a method, or `None` for the methods that need no Secret.
 fn credentials_of(provider: Provider, method: Method) -> Option<Vec<Credential>> {
-    match (provider, method) {
-        (Provider::Aws, Method::AccessKey) => Some(vec![
-            Credential {
-                field: "accessKeyId",
-                default_key: "access_key",
-                kept_key: "access_key",
-                check: check_access_key_id,
-            },
-            Credential {
-                field: "secretAccessKey",
-                default_key: "secret_key",
-                kept_key: "secret_key",
-                check: |_| None,
-            },
-        ]),
-        _ => None,
-    }
+    let credentials = match (provider, method) {
+        (Provider::Aws, Method::AccessKey) => vec![
+            credential("accessKeyId", "access_key", check_access_key_id),
+            credential("secretAccessKey", "secret_key", |_| Ok(())),
+        ],
+        (Provider::Gcp, Method::ServiceAccountKey) => vec![Credential {
+            field: "credentials",
+            key: "credentials",
+            multi_line: true,
+            check: check_service_account_key,
+        }],
+        (Provider::Azure, Method::AccessKey) => vec![
+            credential(
+                "storageAccount",
+                "AZURE_STORAGE_ACCOUNT",
+                check_storage_account,
+            ),
+            credential("storageKey", "AZURE_STORAGE_KEY", check_storage_key),
+        ],
+        (Provider::Azure, Method::AzureAd) => vec![
+            credential(
+                "storageAccount",
+                "AZURE_STORAGE_ACCOUNT",
+                check_storage_account,
+            ),
+            credential("clientId", "AZURE_CLIENT_ID", |value| {
+                check_guid(value, "client ID")
+            }),
+            credential("tenantId", "AZURE_TENANT_ID", |value| {
+                check_guid(value, "tenant ID")
+            }),
+            credential("clientSecret", "AZURE_CLIENT_SECRET", |_| Ok(())),
+        ],
+        _ => return None,
+    };
+    Some(credentials)
 }
 
-fn check_access_key_id(value: &str) -> Option<ValueProblem> {
+fn check_access_key_id(value: &str) -> Result<(), ValueProblem> {
     let plausible =
         (16..=128).contains(&value.len()) && value.bytes().all(|byte| byte.is_ascii_alphanumeric());
     if !plausible {
-        Some(ValueProblem::InvalidAccessKeyId)
+        Err(ValueProblem::InvalidAccessKeyId)
     } else if value.starts_with("ASIA") {
-        Some(ValueProblem::TemporaryAccessKey)
+        Err(ValueProblem::TemporaryAccessKey)
     } else {
-        None
+        Ok(())
+    }
+}
+
+fn check_service_account_key(value: &str) -> Result<(), ValueProblem> {
+    let Ok(key) = serde_json::from_str::<serde_json::Value>(value) else {
+        return Err(ValueProblem::InvalidServiceAccountKey("it is not JSON"));
+    };
+    let text = |field: &str| {
+        key.get(field)
+            .and_then(serde_json::Value::as_str)
+            .filter(|text| !text.is_empty())
+    };
+    if text("type") != Some("service_account") {
+        return Err(ValueProblem::InvalidServiceAccountKey(
+            "its type is not service_account",
+        ));
+    }
+    if text("client_email").is_none() {
+        return Err(ValueProblem::InvalidServiceAccountKey(
+            "it has no client_email",
+        ));
+    }
+    match text("private_key") {
+        Some(private_key) if private_key.contains("PRIVATE KEY") => Ok(()),
+        _ => Err(ValueProblem::InvalidServiceAccountKey(
+            "it has no PEM private_key",
+        )),
+    }
+}
+
+/// Azure storage account names: 3 to 24 lower-case letters and digits.
+fn check_storage_account(value: &str) -> Result<(), ValueProblem> {
+    let valid = (3..=24).contains(&value.len())
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit());
+    if valid {
+        Ok(())
+    } else {
+        Err(ValueProblem::InvalidStorageAccount)
+    }
+}
+
+fn check_storage_key(value: &str) -> Result<(), ValueProblem> {
+    use base64::Engine;
+    match base64::engine::general_purpose::STANDARD.decode(value) {
+        Ok(decoded) if !decoded.is_empty() => Ok(()),
+        _ => Err(ValueProblem::InvalidStorageKey),
+    }
+}
+
+fn check_guid(value: &str, what: &'static str) -> Result<(), ValueProblem> {
+    let groups: Vec<&str> = value.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|group| group.len()).collect();
+    let valid = lengths == [8, 4, 4, 4, 12]
+        && groups
+            .iter()
+            .all(|group| group.bytes().all(|byte| byte.is_ascii_hexdigit()));
+    if valid {
+        Ok(())
+    } else {
+        Err(ValueProblem::InvalidGuid(what))
     }
 }
 
@@ -149,6 +291,25 @@ fn key_override<'a>(spec: &'a StorageGrantSpec, field: &str) -> Option<&'a str> 
     key.as_deref()
 }
 
+fn value_error(problem: ValueProblem, secret: String, key: String) -> CredentialError {
+    match problem {
+        ValueProblem::InvalidAccessKeyId => CredentialError::InvalidAccessKeyId { secret, key },
+        ValueProblem::TemporaryAccessKey => CredentialError::TemporaryAccessKey { secret, key },
+        ValueProblem::InvalidServiceAccountKey(problem) => {
+            CredentialError::InvalidServiceAccountKey {
+                secret,
+                key,
+                problem,
+            }
+        }
+        ValueProblem::InvalidStorageAccount => {
+            CredentialError::InvalidStorageAccount { secret, key }
+        }
+        ValueProblem::InvalidStorageKey => CredentialError::InvalidStorageKey { secret, key },
+        ValueProblem::InvalidGuid(what) => CredentialError::InvalidGuid { secret, key, what },
+    }
+}
+
 /// Checks the source Secret and returns the data of the kept Secret, or `None` for a method
 /// that keeps no Secret.
 pub fn kept_secret_data(
@@ -171,9 +332,7 @@ pub fn kept_secret_data(
     let Some(source) = source else {
         let expected: Vec<&str> = credentials
             .iter()
-            .map(|credential| {
-                key_override(spec, credential.field).unwrap_or(credential.default_key)
-            })
+            .map(|credential| key_override(spec, credential.field).unwrap_or(credential.key))
             .collect();
         return Err(CredentialError::SecretNotFound {
             secret,
@@ -184,21 +343,11 @@ pub fn kept_secret_data(
     let mut kept = SecretData::new();
     for credential in &credentials {
         let key = key_override(spec, credential.field)
-            .unwrap_or(credential.default_key)
+            .unwrap_or(credential.key)
             .to_owned();
         let Some(bytes) = source.get(&key) else {
             let field = format!("spec.secretRef.keys.{}", credential.field);
             return Err(CredentialError::SecretKeyMissing { secret, key, field });
-        };
-        let error_for = |problem| match problem {
-            ValueProblem::InvalidAccessKeyId => CredentialError::InvalidAccessKeyId {
-                secret: secret.clone(),
-                key: key.clone(),
-            },
-            ValueProblem::TemporaryAccessKey => CredentialError::TemporaryAccessKey {
-                secret: secret.clone(),
-                key: key.clone(),
-            },
         };
         if bytes.is_empty() {
             return Err(CredentialError::SecretKeyEmpty { secret, key });
@@ -206,13 +355,13 @@ pub fn kept_secret_data(
         let Ok(text) = std::str::from_utf8(bytes) else {
             return Err(CredentialError::SecretValueMalformed { secret, key });
         };
-        if text.chars().any(char::is_whitespace) {
+        if !credential.multi_line && text.chars().any(char::is_whitespace) {
             return Err(CredentialError::SecretValueMalformed { secret, key });
         }
-        if let Some(problem) = (credential.check)(text) {
-            return Err(error_for(problem));
+        if let Err(problem) = (credential.check)(text) {
+            return Err(value_error(problem, secret, key));
         }
-        kept.insert(credential.kept_key.to_owned(), bytes.clone());
+        kept.insert(credential.key.to_owned(), bytes.clone());
     }
     Ok(Some(kept))
 }

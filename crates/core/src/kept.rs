@@ -1,4 +1,5 @@
-//! The Secret the controller keeps for a grant, in the layout TiDB reads.
+//! The objects the controller keeps for a grant: a Secret in the layout TiDB reads, and the
+//! ServiceAccount that carries an IRSA role.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 use storagegrant_api::{StorageGrant, names};
 
 use crate::credentials::SecretData;
+use crate::desired::IRSA_ANNOTATION;
 
 /// The body of the server-side apply that creates or updates the kept Secret. It is written
 /// with `data`, never `stringData`, so that it compares equal with what the server returns.
@@ -53,6 +55,81 @@ pub enum KeptState {
     Differs,
     /// Someone else's object: never overwritten.
     Taken,
+}
+
+/// Whether the grant is the controller owner of an object, from its metadata.
+pub fn controlled_by(grant: &StorageGrant, existing: &Value) -> bool {
+    existing
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|owner| {
+            owner.get("controller") == Some(&Value::Bool(true))
+                && owner.get("uid").and_then(Value::as_str) == grant.metadata.uid.as_deref()
+        })
+}
+
+/// How the grant relates to the ServiceAccount named by `spec.serviceAccountName`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountState {
+    /// No such ServiceAccount: create it, owned by the grant.
+    Absent,
+    /// Created by this grant, or adopted, and annotated with the role.
+    InSync { adopted: bool },
+    /// Created by this grant, or adopted, but without the role annotation: apply it.
+    Differs { adopted: bool },
+    /// Someone else's ServiceAccount without the opt-in label: never touched.
+    NotAdoptable,
+}
+
+/// Compares an existing ServiceAccount's metadata (as JSON, `None` when absent) with what
+/// the grant needs on it.
+pub fn account_state(
+    grant: &StorageGrant,
+    existing: Option<&Value>,
+    role_arn: &str,
+) -> AccountState {
+    let Some(existing) = existing else {
+        return AccountState::Absent;
+    };
+    let adopted = if controlled_by(grant, existing) {
+        false
+    } else if existing
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.get(names::ADOPT_LABEL))
+        .and_then(Value::as_str)
+        == Some("true")
+    {
+        true
+    } else {
+        return AccountState::NotAdoptable;
+    };
+    let annotation = existing
+        .pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(IRSA_ANNOTATION))
+        .and_then(Value::as_str);
+    if annotation == Some(role_arn) {
+        AccountState::InSync { adopted }
+    } else {
+        AccountState::Differs { adopted }
+    }
+}
+
+/// The body of the server-side apply of the ServiceAccount. An adopted one gets only the role
+/// annotation, so that the grant takes over nothing else on it.
+pub fn account_body(grant: &StorageGrant, account: &str, role_arn: &str, adopted: bool) -> Value {
+    let grant_name = grant.metadata.name.as_deref().unwrap_or_default();
+    let mut metadata = json!({
+        "name": account,
+        "namespace": grant.metadata.namespace,
+        "annotations": {IRSA_ANNOTATION: role_arn},
+    });
+    if !adopted {
+        metadata["labels"] = json!({names::GRANT_LABEL: names::grant_label_value(grant_name)});
+        metadata["ownerReferences"] = json!([owner_reference(grant)]);
+    }
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata})
 }
 
 /// Compares the existing object (its metadata and data as the server returns them) with the
@@ -132,6 +209,38 @@ mod tests {
             kept_state(&grant(), Some(&foreign), &desired),
             KeptState::Taken
         );
+    }
+
+    #[test]
+    fn account_states_follow_ownership_and_label() {
+        let arn = "arn:aws:iam::123456789012:role/br";
+        assert_eq!(account_state(&grant(), None, arn), AccountState::Absent);
+        let foreign = json!({"metadata": {"name": "br"}});
+        assert_eq!(
+            account_state(&grant(), Some(&foreign), arn),
+            AccountState::NotAdoptable
+        );
+        let labelled = json!({"metadata": {"name": "br", "labels": {names::ADOPT_LABEL: "true"}}});
+        assert_eq!(
+            account_state(&grant(), Some(&labelled), arn),
+            AccountState::Differs { adopted: true }
+        );
+        let created = account_body(&grant(), "br", arn, false);
+        assert_eq!(
+            account_state(&grant(), Some(&created), arn),
+            AccountState::InSync { adopted: false }
+        );
+    }
+
+    #[test]
+    fn adopted_account_body_has_only_annotation() {
+        let body = account_body(&grant(), "br", "arn:aws:iam::123456789012:role/br", true);
+        assert_eq!(
+            body["metadata"]["annotations"][IRSA_ANNOTATION],
+            "arn:aws:iam::123456789012:role/br"
+        );
+        assert!(body["metadata"].get("labels").is_none());
+        assert!(body["metadata"].get("ownerReferences").is_none());
     }
 
     #[test]

@@ -1,0 +1,224 @@
+//! One reconcile of a grant, in four steps: check the credentials and keep their objects,
+//! bring each target in line, remove kept objects no longer needed, and write the status.
+//! The core decides; this module reads caches, writes through the API server and reports.
+
+mod cleanup;
+mod credentials;
+mod report;
+mod targets;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use storagegrant_api::{StorageGrant, TargetKind, names};
+use storagegrant_core::credentials::{SecretData, requires_secret};
+use storagegrant_core::status::Observed;
+
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::watch::Stores;
+
+/// How often a grant is reconciled with no change observed: a safety net that writes nothing
+/// when nothing changed.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// After a write, how soon to look again in case no watch event arrives.
+const VERIFY_AFTER_WRITE: Duration = Duration::from_secs(5);
+
+/// A permission check of a BR ServiceAccount: (namespace, account, kind of job).
+type AccessKey = (String, String, TargetKind);
+
+/// Shared state of all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub stores: Arc<Stores>,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    /// Source Secret data by (namespace, name), with the resourceVersion it was read at, so
+    /// that the data is read again only when the Secret changed.
+    source_data: Mutex<HashMap<(String, String), (String, SecretData)>>,
+    /// Results of BR ServiceAccount permission checks by (namespace, account, kind).
+    access_reviews: Mutex<HashMap<AccessKey, (bool, Instant)>>,
+}
+
+impl Context {
+    pub fn new(client: Client, stores: Arc<Stores>, metrics: Metrics, recorder: Recorder) -> Self {
+        Self {
+            client,
+            stores,
+            metrics,
+            recorder,
+            source_data: Mutex::default(),
+            access_reviews: Mutex::default(),
+        }
+    }
+}
+
+/// A failure that ends a reconcile early; the grant is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read Secret {name}")]
+    ReadSecret {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write the kept {kind} {name}")]
+    WriteKept {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to delete the kept {kind} {name}")]
+    DeleteKept {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write {kind} {name}")]
+    WriteTarget {
+        kind: TargetKind,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to check the permissions of ServiceAccount {account}")]
+    ReviewAccess {
+        account: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("failed to write the grant's status")]
+    WriteStatus {
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics and the Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ReadSecret { .. } => "ReadSecretFailed",
+            Self::WriteKept { .. } => "WriteKeptObjectFailed",
+            Self::DeleteKept { .. } => "DeleteKeptObjectFailed",
+            Self::WriteTarget { .. } => "WriteTargetFailed",
+            Self::ReviewAccess { .. } => "AccessReviewFailed",
+            Self::WriteStatus { .. } => "WriteStatusFailed",
+        }
+    }
+}
+
+pub async fn reconcile(grant: Arc<StorageGrant>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!("reconcile", grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default());
+    let result = tracing::Instrument::instrument(reconcile_grant(&grant, &context), span).await;
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    context
+        .metrics
+        .observe_reconcile(outcome, started.elapsed());
+    result
+}
+
+pub fn error_policy(grant: Arc<StorageGrant>, error: &Error, context: Arc<Context>) -> Action {
+    let chain = error_chain(error);
+    tracing::warn!(grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default(), reason = error.reason(), error = %chain, "Failed to reconcile");
+    let recorder = context.recorder.clone();
+    let reference = grant.object_ref(&());
+    let note = report::truncate(&chain, 1000);
+    let event = Event {
+        type_: EventType::Warning,
+        reason: error.reason().to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "Failed to publish an Event");
+        }
+    });
+    Action::requeue(Duration::from_secs(10))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// What the reconcile did on the way, for status and events.
+#[derive(Default)]
+struct Progress {
+    wrote: bool,
+    events: Vec<Event>,
+}
+
+async fn reconcile_grant(grant: &StorageGrant, context: &Context) -> Result<Action, Error> {
+    // NOTE: release of the grant's fields on deletion is not done yet; a deleted grant leaves
+    // its fields on the targets, and its kept objects go with the grant (ownerReference).
+    if grant.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let mut progress = Progress::default();
+
+    let source = credentials::observe_source(grant, context).await?;
+    let kept = credentials::keep(grant, source.as_ref(), context, &mut progress).await?;
+    if let Some(problem) = &kept.problem {
+        context
+            .metrics
+            .credential_failures
+            .get_or_create(&ReasonLabels {
+                reason: problem.reason().to_owned(),
+            })
+            .inc();
+    }
+
+    let inputs = targets::Inputs {
+        credentials_valid: kept.problem.is_none(),
+        kept_ready: kept.kept_ready,
+        azure_account: credentials::azure_account(grant, source.as_ref()),
+    };
+    let targets = targets::reconcile(grant, &inputs, context, &mut progress).await?;
+
+    if targets.settled && kept.problem.is_none() && !progress.wrote {
+        cleanup::release_unneeded(grant, context, &mut progress).await?;
+    }
+
+    let observed = Observed {
+        generation: grant.metadata.generation,
+        field_manager: names::field_manager(&grant.name_any()),
+        credential_problem: kept
+            .problem
+            .as_ref()
+            .map(|problem| (problem.reason(), problem.to_string())),
+        credentials_not_required: !requires_secret(&grant.spec),
+        targets: targets.outcomes,
+        uninstalled_kinds: targets.uninstalled,
+        wrote: progress.wrote,
+    };
+    report::write_status(grant, &observed, context, &mut progress).await?;
+    report::publish_events(grant, context, progress.events).await;
+
+    Ok(Action::requeue(if progress.wrote {
+        VERIFY_AFTER_WRITE
+    } else {
+        RESYNC
+    }))
+}
