@@ -166,3 +166,165 @@ pub fn aws_access_key_grant(name: &str, secret: &str, targets: Value) -> Value {
         "spec": {"provider": "AWS", "method": "AccessKey", "secretRef": {"name": secret}, "targets": targets},
     })
 }
+
+/// A Backup valid under both the real and the test CRDs, with `spec` merged over
+/// `br.cluster: demo`.
+pub fn backup(kind: &str, name: &str, labels: Value, spec: Value) -> Value {
+    let mut full = json!({"br": {"cluster": "demo"}});
+    if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        for (key, value) in extra {
+            full.insert(key.clone(), value.clone());
+        }
+    }
+    json!({
+        "apiVersion": "br.pingcap.com/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "labels": labels},
+        "spec": full,
+    })
+}
+
+impl TestEnv {
+    /// Gives `account` the permissions of TiDB Operator's backup manager role on Backups and
+    /// Restores, which the grant checks before it reports a job as ready.
+    pub async fn bind_backup_manager(&self, account: &str) {
+        let ns = Some(self.namespace.as_str());
+        crate::objects::apply(&self.admin, ns, json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "tidb-backup-manager"},
+            "rules": [{"apiGroups": ["br.pingcap.com"], "resources": ["backups", "restores"], "verbs": ["get", "list", "watch", "update", "patch"]}],
+        }))
+        .await;
+        crate::objects::apply(&self.admin, ns, json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("backup-manager-{account}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "tidb-backup-manager"},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.namespace}],
+        }))
+        .await;
+    }
+
+    /// The object of `kind` as JSON.
+    pub async fn get(&self, kind: &str, name: &str) -> Value {
+        let (api_version, plural) = match kind {
+            "TiKVGroup" => ("core.pingcap.com/v1alpha1", "tikvgroups"),
+            "TiFlashGroup" => ("core.pingcap.com/v1alpha1", "tiflashgroups"),
+            "Backup" => ("br.pingcap.com/v1alpha1", "backups"),
+            "Restore" => ("br.pingcap.com/v1alpha1", "restores"),
+            other => panic!("no API for {other}"),
+        };
+        let object = self
+            .api(api_version, kind, plural)
+            .get(name)
+            .await
+            .unwrap_or_else(|error| panic!("failed to get {kind} {name}: {error}"));
+        serde_json::to_value(object).expect("an object serializes")
+    }
+
+    /// Sets `status.phase` of a Backup or Restore, as TiDB Operator does when it starts one.
+    pub async fn set_phase(&self, kind: &str, name: &str, phase: &str) {
+        let plural = if kind == "Backup" {
+            "backups"
+        } else {
+            "restores"
+        };
+        let api = self.api("br.pingcap.com/v1alpha1", kind, plural);
+        let patch = kube::api::Patch::Merge(json!({"status": {"phase": phase}}));
+        api.patch_status(name, &kube::api::PatchParams::default(), &patch)
+            .await
+            .unwrap_or_else(|error| panic!("failed to set the phase of {kind} {name}: {error}"));
+    }
+}
+
+/// The target entry of a status, by kind and name.
+pub fn target_state(
+    status: &StorageGrantStatus,
+    kind: &str,
+    name: &str,
+) -> Option<(
+    storagegrant_api::TargetState,
+    Option<String>,
+    Option<String>,
+)> {
+    status
+        .targets
+        .as_ref()?
+        .iter()
+        .find(|target| target.kind.as_str() == kind && target.name == name)
+        .map(|target| (target.state, target.reason.clone(), target.message.clone()))
+}
+
+/// A check that passes when every listed target has the state.
+pub fn targets_in_state(
+    expected: &'static [(&'static str, &'static str, storagegrant_api::TargetState)],
+) -> impl Fn(&StorageGrantStatus) -> Result<(), String> {
+    move |status| {
+        for (kind, name, state) in expected {
+            match target_state(status, kind, name) {
+                Some((found, _, _)) if found == *state => {}
+                other => return Err(format!("{kind} {name} is {other:?}")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes from `object` the metadata the server maintains, so that two versions of it can be
+/// compared by what a user wrote.
+pub fn user_view(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(metadata) = copy.get_mut("metadata").and_then(Value::as_object_mut) {
+        for field in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "creationTimestamp",
+            "uid",
+        ] {
+            metadata.remove(field);
+        }
+    }
+    copy
+}
+
+impl TestEnv {
+    /// Waits until the object satisfies `check`, and returns it.
+    pub async fn eventually_get(
+        &self,
+        kind: &str,
+        name: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let check = &check;
+        eventually(
+            &format!("{kind} {name} to change"),
+            Duration::from_secs(30),
+            || async move {
+                let object = self.get(kind, name).await;
+                if check(&object) {
+                    Ok(object)
+                } else {
+                    Err(serde_json::to_string(&object).unwrap_or_default())
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits until `check` returns true.
+    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let check = &check;
+        eventually(what, Duration::from_secs(30), || async move {
+            if check().await {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        })
+        .await;
+    }
+}
