@@ -74,6 +74,17 @@ pub struct TargetStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub message: Option<String>,
+    /// When the controller last found the grant's fields changed or gone, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub last_drift_time: Option<String>,
+    /// How many times the controller repaired drift on this target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repairs: Option<i32>,
+    /// For a group: whether TiDB Operator has rolled the last change out to every pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub rollout: Option<String>,
 }
 
 #[derive(
@@ -108,4 +119,20 @@ pub struct TargetSummary {
     pub invalid: i32,
     pub late: i32,
     pub finished: i32,
+}
+
+impl TargetStatus {
+    /// A target's status with no drift history or roll-out yet.
+    pub fn new(kind: TargetKind, name: &str, state: TargetState, reason: Option<&str>, message: Option<String>) -> Self {
+        Self {
+            kind,
+            name: name.to_owned(),
+            state,
+            reason: reason.map(str::to_owned),
+            message,
+            last_drift_time: None,
+            repairs: None,
+            rollout: None,
+        }
+    }
 }

@@ -32,6 +32,14 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     pub credential_failures: Family<ReasonLabels, Counter>,
     pub conflicts: Family<ReasonLabels, Counter>,
+    pub drift_detected: Family<KindLabels, Counter>,
+    pub drift_repaired: Family<KindLabels, Counter>,
+    pub repair_loops: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
 }
 
 impl Metrics {
@@ -42,6 +50,9 @@ impl Metrics {
             writes: Family::default(),
             credential_failures: Family::default(),
             conflicts: Family::default(),
+            drift_detected: Family::default(),
+            drift_repaired: Family::default(),
+            repair_loops: Family::default(),
         };
         let registry = registry.sub_registry_with_prefix("storagegrant");
         registry.register(
@@ -68,6 +79,13 @@ impl Metrics {
             "target_conflicts",
             "Targets left unwritten because another field manager owns a needed field",
             metrics.conflicts.clone(),
+        );
+        registry.register("drift_detected", "Targets found without the grant's fields they had", metrics.drift_detected.clone());
+        registry.register("drift_repaired", "Drifted targets written back", metrics.drift_repaired.clone());
+        registry.register(
+            "repair_loops",
+            "Targets whose repairs stopped because they kept drifting",
+            metrics.repair_loops.clone(),
         );
         metrics
     }

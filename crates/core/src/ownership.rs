@@ -15,6 +15,7 @@ struct ManagedFields {
     subresource: Option<String>,
     #[serde(rename = "fieldsV1")]
     fields: Option<Value>,
+    time: Option<String>,
 }
 
 /// An entry the grant must write that another manager holds.
@@ -51,6 +52,17 @@ fn managed_fields(object: &Value) -> Vec<ManagedFields> {
         .cloned()
         .and_then(|fields| serde_json::from_value(fields).ok())
         .unwrap_or_default()
+}
+
+/// The manager of the most recent `Update` to the object (a `kubectl edit` or patch), with its
+/// time, to name who most likely removed a field that no manager owns any more.
+pub fn last_updater(object: &Value) -> Option<(String, String)> {
+    managed_fields(object)
+        .into_iter()
+        .filter(|managed| managed.operation.as_deref() == Some("Update"))
+        .filter(|managed| managed.subresource.as_deref().unwrap_or_default().is_empty())
+        .filter_map(|managed| Some((managed.manager?, managed.time.unwrap_or_default())))
+        .max_by(|left, right| left.1.cmp(&right.1))
 }
 
 /// Decides how to bring `object` to hold `entries` under the field manager `manager`.

@@ -332,6 +332,9 @@ mod tests {
             state,
             reason: None,
             message: None,
+            last_drift_time: None,
+            repairs: None,
+            rollout: None,
         }
     }
 

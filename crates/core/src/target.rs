@@ -73,6 +73,9 @@ pub fn plan(grant: &StorageGrant, kind: TargetKind, object: &Value, facts: &Fact
         state,
         reason: reason.map(str::to_owned),
         message,
+        last_drift_time: None,
+        repairs: None,
+        rollout: None,
     };
     let stop = |state, reason: &str, message: String| TargetPlan {
         outcome: outcome(state, Some(reason), Some(message)),
@@ -355,8 +358,9 @@ pub fn missing(kind: TargetKind, name: &str) -> TargetStatus {
         name: name.to_owned(),
         state: TargetState::Missing,
         reason: Some("NotFound".to_owned()),
-        message: Some(format!(
-            "{kind} {name} was not found in the grant's namespace"
-        )),
+        message: Some(format!("{kind} {name} was not found in the grant's namespace")),
+        last_drift_time: None,
+        repairs: None,
+        rollout: None,
     }
 }

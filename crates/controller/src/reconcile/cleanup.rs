@@ -31,7 +31,7 @@ pub(super) async fn release_unneeded(
             tracing::debug!(secret = %secret, "Kept Secret still referred to by a Backup or Restore");
         } else {
             let api: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-            delete(&api, &secret, metadata.uid(), "Secret", context, progress).await?;
+            delete_kept(&api, &secret, metadata.uid(), "Secret", context, progress).await?;
         }
     }
 
@@ -54,7 +54,7 @@ pub(super) async fn release_unneeded(
             }) {
                 continue;
             }
-            delete(
+            delete_kept(
                 &api,
                 &name,
                 account.uid(),
@@ -86,7 +86,7 @@ pub(super) async fn release_unneeded(
     Ok(())
 }
 
-async fn delete<K>(
+pub(super) async fn delete_kept<K>(
     api: &Api<K>,
     name: &str,
     uid: Option<String>,
@@ -124,7 +124,7 @@ where
 
 /// Whether a Backup or Restore in the namespace has a spec for which `refers` is true. Those
 /// may still need the object to clean up, or to stop or truncate a log backup.
-fn referenced_by_jobs(context: &Context, namespace: &str, refers: impl Fn(&Value) -> bool) -> bool {
+pub(super) fn referenced_by_jobs(context: &Context, namespace: &str, refers: impl Fn(&Value) -> bool) -> bool {
     [TargetKind::Backup, TargetKind::Restore]
         .into_iter()
         .any(|kind| {
@@ -136,7 +136,7 @@ fn referenced_by_jobs(context: &Context, namespace: &str, refers: impl Fn(&Value
         })
 }
 
-fn secret_names(spec: &Value) -> Vec<&str> {
+pub(super) fn secret_names(spec: &Value) -> Vec<&str> {
     let mut found = Vec::new();
     for block in ["s3", "gcs", "azblob"] {
         for parent in [Some(spec), spec.get("pitrFullBackupStorageProvider")] {

@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod credentials;
+mod release;
 mod report;
 mod targets;
 
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Resource, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use storagegrant_api::{StorageGrant, TargetKind, names};
 use storagegrant_core::credentials::{SecretData, requires_secret};
 use storagegrant_core::status::Observed;
@@ -43,7 +45,12 @@ pub struct Context {
     source_data: Mutex<HashMap<(String, String), (String, SecretData)>>,
     /// Results of BR ServiceAccount permission checks by (namespace, account, kind).
     access_reviews: Mutex<HashMap<AccessKey, (bool, Instant)>>,
+    /// When each target was repaired, by (grant uid, grant generation, kind, name), for the
+    /// repair budget. It lives in memory: a restarted controller starts a fresh budget.
+    repairs: Mutex<HashMap<RepairKey, Vec<Instant>>>,
 }
+
+type RepairKey = (String, i64, TargetKind, String);
 
 impl Context {
     pub fn new(client: Client, stores: Arc<Stores>, metrics: Metrics, recorder: Recorder) -> Self {
@@ -54,6 +61,7 @@ impl Context {
             recorder,
             source_data: Mutex::default(),
             access_reviews: Mutex::default(),
+            repairs: Mutex::default(),
         }
     }
 }
@@ -99,6 +107,12 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("failed to add or remove the grant's finalizer")]
+    Finalizer {
+        #[source]
+        source: Box<kube::runtime::finalizer::Error<Error>>,
+    },
+
     #[error("failed to write the grant's status")]
     WriteStatus {
         #[source]
@@ -115,6 +129,7 @@ impl Error {
             Self::DeleteKept { .. } => "DeleteKeptObjectFailed",
             Self::WriteTarget { .. } => "WriteTargetFailed",
             Self::ReviewAccess { .. } => "AccessReviewFailed",
+            Self::Finalizer { .. } => "FinalizerFailed",
             Self::WriteStatus { .. } => "WriteStatusFailed",
         }
     }
@@ -123,7 +138,7 @@ impl Error {
 pub async fn reconcile(grant: Arc<StorageGrant>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default());
-    let result = tracing::Instrument::instrument(reconcile_grant(&grant, &context), span).await;
+    let result = tracing::Instrument::instrument(reconcile_with_finalizer(grant, &context), span).await;
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
         .metrics
@@ -170,12 +185,23 @@ struct Progress {
     events: Vec<Event>,
 }
 
+/// Keeps the finalizer on the grant, so that deleting it first releases what it holds.
+async fn reconcile_with_finalizer(grant: Arc<StorageGrant>, context: &Context) -> Result<Action, Error> {
+    let api: Api<StorageGrant> = Api::namespaced(context.client.clone(), &grant.namespace().unwrap_or_default());
+    finalizer(&api, names::FINALIZER, grant, |event| async move {
+        match event {
+            FinalizerEvent::Apply(grant) => reconcile_grant(&grant, context).await,
+            FinalizerEvent::Cleanup(grant) => release::release_all(grant, context).await,
+        }
+    })
+    .await
+    .map_err(|error| match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
+        other => Error::Finalizer { source: Box::new(other) },
+    })
+}
+
 async fn reconcile_grant(grant: &StorageGrant, context: &Context) -> Result<Action, Error> {
-    // NOTE: release of the grant's fields on deletion is not done yet; a deleted grant leaves
-    // its fields on the targets, and its kept objects go with the grant (ownerReference).
-    if grant.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let mut progress = Progress::default();
 
     let source = credentials::observe_source(grant, context).await?;

@@ -12,6 +12,12 @@ use storagegrant_core::status::{self, Observed};
 
 use super::{Context, Error, Progress};
 
+/// The current time in the RFC 3339 form of Kubernetes timestamps, to the second.
+pub(super) fn now() -> String {
+    let now = Timestamp::now().round(Unit::Second).unwrap_or_else(|_| Timestamp::now());
+    now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
 /// The field manager of status writes, shared by all grants.
 const STATUS_MANAGER: &str = "storagegrant.dev/status";
 
@@ -21,14 +27,7 @@ pub(super) async fn write_status(
     context: &Context,
     progress: &mut Progress,
 ) -> Result<(), Error> {
-    let now = Timestamp::now()
-        .round(Unit::Second)
-        .unwrap_or_else(|_| Timestamp::now());
-    let status = status::compute(
-        grant.status.as_ref(),
-        observed,
-        &now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    );
+    let status = status::compute(grant.status.as_ref(), observed, &now());
     if grant.status.as_ref() == Some(&status) {
         tracing::debug!("Status unchanged");
         return Ok(());
