@@ -123,7 +123,13 @@ pub struct TargetSummary {
 
 impl TargetStatus {
     /// A target's status with no drift history or roll-out yet.
-    pub fn new(kind: TargetKind, name: &str, state: TargetState, reason: Option<&str>, message: Option<String>) -> Self {
+    pub fn new(
+        kind: TargetKind,
+        name: &str,
+        state: TargetState,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> Self {
         Self {
             kind,
             name: name.to_owned(),

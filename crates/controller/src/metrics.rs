@@ -80,8 +80,16 @@ impl Metrics {
             "Targets left unwritten because another field manager owns a needed field",
             metrics.conflicts.clone(),
         );
-        registry.register("drift_detected", "Targets found without the grant's fields they had", metrics.drift_detected.clone());
-        registry.register("drift_repaired", "Drifted targets written back", metrics.drift_repaired.clone());
+        registry.register(
+            "drift_detected",
+            "Targets found without the grant's fields they had",
+            metrics.drift_detected.clone(),
+        );
+        registry.register(
+            "drift_repaired",
+            "Drifted targets written back",
+            metrics.drift_repaired.clone(),
+        );
         registry.register(
             "repair_loops",
             "Targets whose repairs stopped because they kept drifting",

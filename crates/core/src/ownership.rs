@@ -15,7 +15,6 @@ struct ManagedFields {
     subresource: Option<String>,
     #[serde(rename = "fieldsV1")]
     fields: Option<Value>,
-    time: Option<String>,
 }
 
 /// An entry the grant must write that another manager holds.
@@ -36,10 +35,12 @@ pub enum Verdict {
     /// The target carries every entry and the grant owns exactly them: write nothing.
     InSync,
     /// Apply the entries. `force` takes fields back from `Update` managers (hand edits) that
-    /// changed what this grant wrote; `drift` lists them.
+    /// changed what this grant wrote; `drift` lists them. `absent` names the entries that
+    /// are missing or differ.
     Write {
         force: bool,
         drift: Vec<ForeignField>,
+        absent: Vec<String>,
     },
     /// Another manager owns a field inside an entry this grant needs, and it either applied it
     /// (GitOps, another grant) or set it before this grant did. Nothing is written.
@@ -52,17 +53,6 @@ fn managed_fields(object: &Value) -> Vec<ManagedFields> {
         .cloned()
         .and_then(|fields| serde_json::from_value(fields).ok())
         .unwrap_or_default()
-}
-
-/// The manager of the most recent `Update` to the object (a `kubectl edit` or patch), with its
-/// time, to name who most likely removed a field that no manager owns any more.
-pub fn last_updater(object: &Value) -> Option<(String, String)> {
-    managed_fields(object)
-        .into_iter()
-        .filter(|managed| managed.operation.as_deref() == Some("Update"))
-        .filter(|managed| managed.subresource.as_deref().unwrap_or_default().is_empty())
-        .filter_map(|managed| Some((managed.manager?, managed.time.unwrap_or_default())))
-        .max_by(|left, right| left.1.cmp(&right.1))
 }
 
 /// Decides how to bring `object` to hold `entries` under the field manager `manager`.
@@ -85,7 +75,7 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
         .collect();
 
     let mut drift = Vec::new();
-    let mut differs = false;
+    let mut absent = Vec::new();
     for entry in entries {
         let we_own_part = our_fields
             .iter()
@@ -114,12 +104,18 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
             }
         }
         let present = lookup(object, &entry.path).is_some_and(|live| contains(live, &entry.value));
-        differs |= !present;
+        if !present {
+            absent.push(entry.label.clone());
+        }
     }
 
-    if differs || !drift.is_empty() || !owns_exactly(&our_fields, entries) {
+    if !absent.is_empty() || !drift.is_empty() || !owns_exactly(&our_fields, entries) {
         let force = !drift.is_empty();
-        return Verdict::Write { force, drift };
+        return Verdict::Write {
+            force,
+            drift,
+            absent,
+        };
     }
     Verdict::InSync
 }
@@ -223,7 +219,8 @@ mod tests {
             verdict(&target, &[entry()], MANAGER),
             Verdict::Write {
                 force: false,
-                drift: vec![]
+                drift: vec![],
+                absent: vec!["env A of container tikv".to_owned()],
             }
         );
     }
@@ -256,7 +253,7 @@ mod tests {
                 managed("kubectl-edit", "Update", theirs)
             ]),
         );
-        let Verdict::Write { force, drift } = verdict(&target, &[entry()], MANAGER) else {
+        let Verdict::Write { force, drift, .. } = verdict(&target, &[entry()], MANAGER) else {
             panic!("expected a write");
         };
         assert!(force);

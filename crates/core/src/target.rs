@@ -36,6 +36,8 @@ pub struct Apply {
     pub force: bool,
     /// Fields taken back from hand edits.
     pub drift: Vec<ForeignField>,
+    /// Entries that were missing or different, by label.
+    pub absent: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,11 +155,16 @@ fn plan_write(
             };
             stop(TargetState::Drifted, "DriftReported", message)
         }
-        Verdict::Write { force, drift } => {
+        Verdict::Write {
+            force,
+            drift,
+            absent,
+        } => {
             let apply = Apply {
                 body: apply_body(base(kind, object), entries),
                 force,
                 drift,
+                absent,
             };
             TargetPlan {
                 outcome: outcome(TargetState::InSync, None, None),
@@ -187,6 +194,7 @@ pub fn release(kind: TargetKind, object: &Value) -> Apply {
         body: base(kind, object),
         force: false,
         drift: Vec::new(),
+        absent: Vec::new(),
     }
 }
 
@@ -236,6 +244,7 @@ fn started_job(
             body: apply_body(base(kind, object), entries),
             force: false,
             drift: Vec::new(),
+            absent: Vec::new(),
         }),
         _ => None,
     };
@@ -358,7 +367,9 @@ pub fn missing(kind: TargetKind, name: &str) -> TargetStatus {
         name: name.to_owned(),
         state: TargetState::Missing,
         reason: Some("NotFound".to_owned()),
-        message: Some(format!("{kind} {name} was not found in the grant's namespace")),
+        message: Some(format!(
+            "{kind} {name} was not found in the grant's namespace"
+        )),
         last_drift_time: None,
         repairs: None,
         rollout: None,

@@ -124,7 +124,11 @@ where
 
 /// Whether a Backup or Restore in the namespace has a spec for which `refers` is true. Those
 /// may still need the object to clean up, or to stop or truncate a log backup.
-pub(super) fn referenced_by_jobs(context: &Context, namespace: &str, refers: impl Fn(&Value) -> bool) -> bool {
+pub(super) fn referenced_by_jobs(
+    context: &Context,
+    namespace: &str,
+    refers: impl Fn(&Value) -> bool,
+) -> bool {
     [TargetKind::Backup, TargetKind::Restore]
         .into_iter()
         .any(|kind| {

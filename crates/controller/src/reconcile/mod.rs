@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use kube::Client;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use storagegrant_api::{StorageGrant, TargetKind, names};
 use storagegrant_core::credentials::{SecretData, requires_secret};
@@ -138,7 +138,8 @@ impl Error {
 pub async fn reconcile(grant: Arc<StorageGrant>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default());
-    let result = tracing::Instrument::instrument(reconcile_with_finalizer(grant, &context), span).await;
+    let result =
+        tracing::Instrument::instrument(reconcile_with_finalizer(grant, &context), span).await;
     let outcome = if result.is_ok() { "success" } else { "error" };
     context
         .metrics
@@ -186,8 +187,14 @@ struct Progress {
 }
 
 /// Keeps the finalizer on the grant, so that deleting it first releases what it holds.
-async fn reconcile_with_finalizer(grant: Arc<StorageGrant>, context: &Context) -> Result<Action, Error> {
-    let api: Api<StorageGrant> = Api::namespaced(context.client.clone(), &grant.namespace().unwrap_or_default());
+async fn reconcile_with_finalizer(
+    grant: Arc<StorageGrant>,
+    context: &Context,
+) -> Result<Action, Error> {
+    let api: Api<StorageGrant> = Api::namespaced(
+        context.client.clone(),
+        &grant.namespace().unwrap_or_default(),
+    );
     finalizer(&api, names::FINALIZER, grant, |event| async move {
         match event {
             FinalizerEvent::Apply(grant) => reconcile_grant(&grant, context).await,
@@ -197,7 +204,9 @@ async fn reconcile_with_finalizer(grant: Arc<StorageGrant>, context: &Context) -
     .await
     .map_err(|error| match error {
         finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error,
-        other => Error::Finalizer { source: Box::new(other) },
+        other => Error::Finalizer {
+            source: Box::new(other),
+        },
     })
 }
 

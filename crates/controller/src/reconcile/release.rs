@@ -25,19 +25,33 @@ pub(super) fn owns_fields(object: &DynamicObject, manager: &str) -> bool {
     object.managed_fields().iter().any(|entry| {
         entry.manager.as_deref() == Some(manager)
             && entry.operation.as_deref() == Some("Apply")
-            && entry.fields_v1.as_ref().is_some_and(|fields| fields.0.as_object().is_some_and(|fields| !fields.is_empty()))
+            && entry.fields_v1.as_ref().is_some_and(|fields| {
+                fields
+                    .0
+                    .as_object()
+                    .is_some_and(|fields| !fields.is_empty())
+            })
     })
 }
 
 /// Whether a Backup or Restore has started; its fields are kept, since the operator may need
 /// them later to clean up, or to stop or truncate a log backup.
 fn started(object: &DynamicObject) -> bool {
-    object.data.pointer("/status/phase").and_then(Value::as_str).is_some_and(|phase| !phase.is_empty())
+    object
+        .data
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .is_some_and(|phase| !phase.is_empty())
 }
 
 /// Releases the grant's fields from every object of the installed target kinds for which
 /// `keep` is false. Started Backups and Restores keep their fields.
-pub(super) async fn release_targets(grant: &StorageGrant, keep: impl Fn(TargetKind, &str) -> bool, context: &Context, progress: &mut Progress) -> Result<(), Error> {
+pub(super) async fn release_targets(
+    grant: &StorageGrant,
+    keep: impl Fn(TargetKind, &str) -> bool,
+    context: &Context,
+    progress: &mut Progress,
+) -> Result<(), Error> {
     let namespace = grant.namespace().unwrap_or_default();
     let manager = names::field_manager(&grant.name_any());
     for kind in TargetKind::ALL {
@@ -46,7 +60,10 @@ pub(super) async fn release_targets(grant: &StorageGrant, keep: impl Fn(TargetKi
         }
         for object in context.stores.targets_in(kind, &namespace) {
             let name = object.name_any();
-            if keep(kind, &name) || !owns_fields(&object, &manager) || (!kind.is_group() && started(&object)) {
+            if keep(kind, &name)
+                || !owns_fields(&object, &manager)
+                || (!kind.is_group() && started(&object))
+            {
                 continue;
             }
             release_target(grant, kind, &object, context, progress).await?;
@@ -55,12 +72,19 @@ pub(super) async fn release_targets(grant: &StorageGrant, keep: impl Fn(TargetKi
     Ok(())
 }
 
-async fn release_target(grant: &StorageGrant, kind: TargetKind, object: &Arc<DynamicObject>, context: &Context, progress: &mut Progress) -> Result<(), Error> {
+async fn release_target(
+    grant: &StorageGrant,
+    kind: TargetKind,
+    object: &Arc<DynamicObject>,
+    context: &Context,
+    progress: &mut Progress,
+) -> Result<(), Error> {
     let namespace = grant.namespace().unwrap_or_default();
     let name = object.name_any();
     let body = serde_json::to_value(&**object).unwrap_or(Value::Null);
     let apply = target::release(kind, &body);
-    let api: Api<DynamicObject> = Api::namespaced_with(context.client.clone(), &namespace, &api_resource(kind));
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(context.client.clone(), &namespace, &api_resource(kind));
     let params = PatchParams::apply(&names::field_manager(&grant.name_any()));
     match api.patch(&name, &params, &Patch::Apply(&apply.body)).await {
         Ok(_) => {
@@ -78,39 +102,78 @@ async fn release_target(grant: &StorageGrant, kind: TargetKind, object: &Arc<Dyn
 /// Releases everything the grant holds before the grant is deleted: the fields on targets,
 /// then the kept Secret and created ServiceAccount (deleted, or orphaned while Backups or
 /// Restores still refer to them) and the annotation on adopted ServiceAccounts.
-pub(super) async fn release_all(grant: Arc<StorageGrant>, context: &Context) -> Result<Action, Error> {
+pub(super) async fn release_all(
+    grant: Arc<StorageGrant>,
+    context: &Context,
+) -> Result<Action, Error> {
     let mut progress = Progress::default();
     release_targets(&grant, |_, _| false, context, &mut progress).await?;
 
     let namespace = grant.namespace().unwrap_or_default();
     let secret = names::kept_secret(&grant.name_any());
     if let Some(metadata) = context.stores.secret_metadata(&namespace, &secret)
-        && metadata_json(&metadata.metadata).is_some_and(|existing| controlled_by(&grant, &existing))
+        && metadata_json(&metadata.metadata)
+            .is_some_and(|existing| controlled_by(&grant, &existing))
     {
         let api: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-        if referenced_by_jobs(context, &namespace, |spec| secret_names(spec).contains(&secret.as_str())) {
+        if referenced_by_jobs(context, &namespace, |spec| {
+            secret_names(spec).contains(&secret.as_str())
+        }) {
             orphan(&api, "Secret", &secret, &grant, context).await?;
         } else {
-            delete_kept(&api, &secret, metadata.uid(), "Secret", context, &mut progress).await?;
+            delete_kept(
+                &api,
+                &secret,
+                metadata.uid(),
+                "Secret",
+                context,
+                &mut progress,
+            )
+            .await?;
         }
     }
     let manager = names::field_manager(&grant.name_any());
     let accounts: Api<ServiceAccount> = Api::namespaced(context.client.clone(), &namespace);
     for account in context.stores.accounts_in(&namespace) {
         let name = account.name_any();
-        let Some(existing) = metadata_json(&account.metadata) else { continue };
+        let Some(existing) = metadata_json(&account.metadata) else {
+            continue;
+        };
         if controlled_by(&grant, &existing) {
-            if referenced_by_jobs(context, &namespace, |spec| spec.get("serviceAccount").and_then(Value::as_str) == Some(name.as_str())) {
+            if referenced_by_jobs(context, &namespace, |spec| {
+                spec.get("serviceAccount").and_then(Value::as_str) == Some(name.as_str())
+            }) {
                 orphan(&accounts, "ServiceAccount", &name, &grant, context).await?;
             } else {
-                delete_kept(&accounts, &name, account.uid(), "ServiceAccount", context, &mut progress).await?;
+                delete_kept(
+                    &accounts,
+                    &name,
+                    account.uid(),
+                    "ServiceAccount",
+                    context,
+                    &mut progress,
+                )
+                .await?;
             }
-        } else if account.managed_fields().iter().any(|entry| entry.manager.as_deref() == Some(manager.as_str())) {
+        } else if account
+            .managed_fields()
+            .iter()
+            .any(|entry| entry.manager.as_deref() == Some(manager.as_str()))
+        {
             let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "uid": account.uid()}});
-            match accounts.patch(&name, &PatchParams::apply(&manager), &Patch::Apply(&body)).await {
+            match accounts
+                .patch(&name, &PatchParams::apply(&manager), &Patch::Apply(&body))
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
-                Err(source) => return Err(Error::WriteKept { kind: "ServiceAccount", name, source }),
+                Err(source) => {
+                    return Err(Error::WriteKept {
+                        kind: "ServiceAccount",
+                        name,
+                        source,
+                    });
+                }
             }
         }
     }
@@ -120,7 +183,13 @@ pub(super) async fn release_all(grant: Arc<StorageGrant>, context: &Context) -> 
 
 /// Drops the grant's ownerReference from a kept object that Backups still need, so that the
 /// garbage collector does not delete it with the grant. Its label still names the grant.
-async fn orphan<K>(api: &Api<K>, kind: &'static str, name: &str, grant: &StorageGrant, context: &Context) -> Result<(), Error>
+async fn orphan<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    grant: &StorageGrant,
+    context: &Context,
+) -> Result<(), Error>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -130,10 +199,18 @@ where
     match api.patch(name, &params, &Patch::Strategic(&patch)).await {
         Ok(_) => {
             context.metrics.count_write(kind);
-            tracing::info!(kind, name, "Kept object orphaned: Backups or Restores still refer to it");
+            tracing::info!(
+                kind,
+                name,
+                "Kept object orphaned: Backups or Restores still refer to it"
+            );
             Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(source) => Err(Error::WriteKept { kind, name: name.to_owned(), source }),
+        Err(source) => Err(Error::WriteKept {
+            kind,
+            name: name.to_owned(),
+            source,
+        }),
     }
 }

@@ -14,7 +14,9 @@ use super::{Context, Error, Progress};
 
 /// The current time in the RFC 3339 form of Kubernetes timestamps, to the second.
 pub(super) fn now() -> String {
-    let now = Timestamp::now().round(Unit::Second).unwrap_or_else(|_| Timestamp::now());
+    let now = Timestamp::now()
+        .round(Unit::Second)
+        .unwrap_or_else(|_| Timestamp::now());
     now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 

@@ -12,7 +12,6 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use storagegrant_api::{Method, StorageGrant, TargetKind, TargetState, TargetStatus, names};
 use storagegrant_core::selection::selects;
-use storagegrant_core::ownership::last_updater;
 use storagegrant_core::target::{self, Apply, Facts};
 
 use super::report::truncate;
@@ -48,7 +47,12 @@ const REPAIR_BUDGET: usize = 3;
 const REPAIR_WINDOW: Duration = Duration::from_secs(600);
 
 /// Plans and writes every target the grant selects, and releases the ones it no longer does.
-pub(super) async fn reconcile(grant: &StorageGrant, inputs: &Inputs, context: &Context, progress: &mut Progress) -> Result<Targets, Error> {
+pub(super) async fn reconcile(
+    grant: &StorageGrant,
+    inputs: &Inputs,
+    context: &Context,
+    progress: &mut Progress,
+) -> Result<Targets, Error> {
     let namespace = grant.namespace().unwrap_or_default();
     let (selected, mut outcomes, uninstalled) = select(grant, &namespace, context);
     let mut settled = uninstalled.is_empty();
@@ -64,27 +68,51 @@ pub(super) async fn reconcile(grant: &StorageGrant, inputs: &Inputs, context: &C
         let mut outcome = match plan.apply {
             None => plan.outcome,
             Some(_) if !inputs.kept_ready => waiting_for_kept_objects(*kind, name),
-            Some(apply) => write_or_repair(grant, *kind, &body, apply, plan.outcome, previous.as_ref(), context, progress).await?,
+            Some(apply) => {
+                write_or_repair(
+                    grant,
+                    *kind,
+                    &body,
+                    apply,
+                    plan.outcome,
+                    previous.as_ref(),
+                    context,
+                    progress,
+                )
+                .await?
+            }
         };
         if let Some(previous) = &previous {
-            outcome.last_drift_time = outcome.last_drift_time.or_else(|| previous.last_drift_time.clone());
+            outcome.last_drift_time = outcome
+                .last_drift_time
+                .or_else(|| previous.last_drift_time.clone());
             outcome.repairs = outcome.repairs.or(previous.repairs);
         }
         if kind.is_group() {
             outcome.rollout = Some(rollout(&body));
         }
-        settled &= matches!(outcome.state, TargetState::InSync | TargetState::Finished | TargetState::Late | TargetState::Invalid);
+        settled &= matches!(
+            outcome.state,
+            TargetState::InSync | TargetState::Finished | TargetState::Late | TargetState::Invalid
+        );
         outcomes.push(outcome);
     }
 
     let in_scope = |kind: TargetKind, name: &str| selected.contains_key(&(kind, name.to_owned()));
     release::release_targets(grant, in_scope, context, progress).await?;
-    Ok(Targets { outcomes, uninstalled, settled })
+    Ok(Targets {
+        outcomes,
+        uninstalled,
+        settled,
+    })
 }
 
 fn previous_status(grant: &StorageGrant, kind: TargetKind, name: &str) -> Option<TargetStatus> {
     let targets = grant.status.as_ref()?.targets.as_ref()?;
-    targets.iter().find(|target| target.kind == kind && target.name == name).cloned()
+    targets
+        .iter()
+        .find(|target| target.kind == kind && target.name == name)
+        .cloned()
 }
 
 /// Whether TiDB Operator has rolled the group's current spec out, from the group's status.
@@ -96,7 +124,9 @@ fn rollout(group: &Value) -> String {
         Some(observed) if observed >= generation => {}
         _ => return format!("Pending: TiDB Operator has not observed generation {generation} yet"),
     }
-    let replicas = number("/status/replicas").or(number("/spec/replicas")).unwrap_or_default();
+    let replicas = number("/status/replicas")
+        .or(number("/spec/replicas"))
+        .unwrap_or_default();
     let updated = number("/status/updatedReplicas").unwrap_or_default();
     if text("/status/updateRevision") != text("/status/currentRevision") || updated < replicas {
         return format!("RollingOut: {updated} of {replicas} pods updated");
@@ -107,32 +137,65 @@ fn rollout(group: &Value) -> String {
 /// Writes a plan, counting it as a repair when the target had the grant's fields and lost
 /// them, and stopping after the repair budget.
 #[allow(clippy::too_many_arguments)]
-async fn write_or_repair(grant: &StorageGrant, kind: TargetKind, object: &Value, apply: Apply, outcome: TargetStatus, previous: Option<&TargetStatus>, context: &Context, progress: &mut Progress) -> Result<TargetStatus, Error> {
+async fn write_or_repair(
+    grant: &StorageGrant,
+    kind: TargetKind,
+    object: &Value,
+    apply: Apply,
+    outcome: TargetStatus,
+    previous: Option<&TargetStatus>,
+    context: &Context,
+    progress: &mut Progress,
+) -> Result<TargetStatus, Error> {
     let name = outcome.name.clone();
-    let same_spec = grant.status.as_ref().and_then(|status| status.observed_generation) == grant.metadata.generation;
-    let was_in_sync = previous.is_some_and(|previous| matches!(previous.state, TargetState::InSync) || previous.reason.as_deref() == Some("RepairLoop"));
+    let same_spec = grant
+        .status
+        .as_ref()
+        .and_then(|status| status.observed_generation)
+        == grant.metadata.generation;
+    let was_in_sync = previous.is_some_and(|previous| {
+        matches!(previous.state, TargetState::InSync)
+            || previous.reason.as_deref() == Some("RepairLoop")
+    });
     let repair = (same_spec && was_in_sync) || !apply.drift.is_empty();
     if !repair {
         return write(grant, kind, object, apply, outcome, context, progress).await;
     }
 
-    let labels = KindLabels { kind: kind.as_str() };
-    let key = (grant.uid().unwrap_or_default(), grant.metadata.generation.unwrap_or_default(), kind, name.clone());
+    let labels = KindLabels {
+        kind: kind.as_str(),
+    };
+    let key = (
+        grant.uid().unwrap_or_default(),
+        grant.metadata.generation.unwrap_or_default(),
+        kind,
+        name.clone(),
+    );
     let recent = {
         let mut repairs = context.repairs.lock().expect("repair log lock");
         let times = repairs.entry(key.clone()).or_default();
         times.retain(|at| at.elapsed() < REPAIR_WINDOW);
         times.len()
     };
-    let (field, changed_by) = drift_cause(object, &apply);
+    let (field, changed_by) = drift_cause(&apply);
     if recent >= REPAIR_BUDGET {
         if previous.and_then(|previous| previous.reason.as_deref()) != Some("RepairLoop") {
             context.metrics.repair_loops.get_or_create(&labels).inc();
-            let note = format!("{kind} {name} drifted {recent} times in ten minutes ({field}, {changed_by}); repairs stop until the grant changes or ten minutes pass without drift");
+            let note = format!(
+                "{kind} {name} drifted {recent} times in ten minutes ({field}, {changed_by}); repairs stop until the grant changes or ten minutes pass without drift"
+            );
             progress.events.push(warning("RepairLoop", note));
         }
-        let message = format!("repaired {recent} times in ten minutes, so not written again, because each write restarts the group's pods; last drift: {field}, {changed_by}");
-        let mut looping = TargetStatus::new(kind, &name, TargetState::Drifted, Some("RepairLoop"), Some(message));
+        let message = format!(
+            "repaired {recent} times in ten minutes, so not written again, because each write restarts the group's pods; last drift: {field}, {changed_by}"
+        );
+        let mut looping = TargetStatus::new(
+            kind,
+            &name,
+            TargetState::Drifted,
+            Some("RepairLoop"),
+            Some(message),
+        );
         looping.last_drift_time = Some(now());
         return Ok(looping);
     }
@@ -141,29 +204,58 @@ async fn write_or_repair(grant: &StorageGrant, kind: TargetKind, object: &Value,
     let mut outcome = write(grant, kind, object, apply, outcome, context, progress).await?;
     if outcome.state == TargetState::InSync {
         context.metrics.drift_repaired.get_or_create(&labels).inc();
-        context.repairs.lock().expect("repair log lock").entry(key).or_default().push(Instant::now());
+        context
+            .repairs
+            .lock()
+            .expect("repair log lock")
+            .entry(key)
+            .or_default()
+            .push(Instant::now());
         outcome.last_drift_time = Some(now());
-        outcome.repairs = Some(previous.and_then(|previous| previous.repairs).unwrap_or_default() + 1);
+        outcome.repairs = Some(
+            previous
+                .and_then(|previous| previous.repairs)
+                .unwrap_or_default()
+                + 1,
+        );
         let note = format!("repaired {field} on {kind} {name}, {changed_by}");
-        progress.events.push(Event { type_: EventType::Normal, reason: "DriftRepaired".into(), note: Some(note), action: "Repair".into(), secondary: None });
+        progress.events.push(Event {
+            type_: EventType::Normal,
+            reason: "DriftRepaired".into(),
+            note: Some(note),
+            action: "Repair".into(),
+            secondary: None,
+        });
     }
     Ok(outcome)
 }
 
 /// The field that drifted and who changed it, for messages.
-fn drift_cause(object: &Value, apply: &Apply) -> (String, String) {
+fn drift_cause(apply: &Apply) -> (String, String) {
     if let Some(foreign) = apply.drift.first() {
-        return (foreign.entry.clone(), format!("changed by {} ({})", foreign.manager, foreign.operation));
+        return (
+            foreign.entry.clone(),
+            format!("changed by {} ({})", foreign.manager, foreign.operation),
+        );
     }
-    let changed_by = match last_updater(object) {
-        Some((manager, time)) => format!("removed, most likely by {manager} at {time}"),
-        None => "removed by an unknown manager".to_owned(),
+    let field = if apply.absent.is_empty() {
+        "the grant's fields".to_owned()
+    } else {
+        apply.absent.join(", ")
     };
-    ("the grant's fields".to_owned(), changed_by)
+    // A removal leaves no trace in managedFields: the remover owns nothing afterwards.
+    let changed_by = "removed (Kubernetes records no field manager for a removal)".to_owned();
+    (field, changed_by)
 }
 
 fn warning(reason: &str, note: String) -> Event {
-    Event { type_: EventType::Warning, reason: reason.into(), note: Some(truncate(&note, 1000)), action: "Reconcile".into(), secondary: None }
+    Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
 }
 
 type Selected = BTreeMap<(TargetKind, String), Arc<DynamicObject>>;
@@ -320,11 +412,29 @@ async fn may_update(
 
 /// Whether the grant's field manager already owns fields under the group's pod spec.
 fn owns_pod_spec(object: &Value, manager: &str) -> bool {
-    let path = ["f:spec", "f:template", "f:spec", "f:overlay", "f:pod", "f:spec"];
-    object.pointer("/metadata/managedFields").and_then(Value::as_array).into_iter().flatten().any(|entry| {
-        entry.get("manager").and_then(Value::as_str) == Some(manager)
-            && path.iter().try_fold(entry.get("fieldsV1"), |node, field| node.and_then(|node| node.get(*field)).map(Some)).flatten().is_some()
-    })
+    let path = [
+        "f:spec",
+        "f:template",
+        "f:spec",
+        "f:overlay",
+        "f:pod",
+        "f:spec",
+    ];
+    object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|entry| {
+            entry.get("manager").and_then(Value::as_str) == Some(manager)
+                && path
+                    .iter()
+                    .try_fold(entry.get("fieldsV1"), |node, field| {
+                        node.and_then(|node| node.get(*field)).map(Some)
+                    })
+                    .flatten()
+                    .is_some()
+        })
 }
 
 fn now() -> String {
@@ -356,7 +466,10 @@ async fn write(
     let name = outcome.name.clone();
     let name = name.as_str();
     let manager = names::field_manager(&grant.name_any());
-    let writes_pod_spec = apply.body.pointer("/spec/template/spec/overlay/pod/spec").is_some();
+    let writes_pod_spec = apply
+        .body
+        .pointer("/spec/template/spec/overlay/pod/spec")
+        .is_some();
     if kind.is_group() && writes_pod_spec && !owns_pod_spec(object, &manager) {
         let note = format!(
             "writing the grant to {kind} {name} changes its pod spec, so TiDB Operator recreates every pod of the group one by one"
