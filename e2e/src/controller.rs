@@ -32,8 +32,7 @@ pub struct RunningController {
 
 impl Drop for RunningController {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -77,7 +76,7 @@ pub async fn install_rbac(admin: &Client) {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("a free port")
         .local_addr()
@@ -91,6 +90,17 @@ pub async fn start(
     admin: &Client,
     namespaces: &[&str],
     name: &str,
+) -> RunningController {
+    start_with(control_plane, admin, namespaces, name, &[]).await
+}
+
+/// Like [`start`], with extra arguments for `storagegrant-controller run`.
+pub async fn start_with(
+    control_plane: &ControlPlane,
+    admin: &Client,
+    namespaces: &[&str],
+    name: &str,
+    extra: &[String],
 ) -> RunningController {
     install_rbac(admin).await;
     let token = service_account_token(admin, CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT).await;
@@ -106,6 +116,7 @@ pub async fn start(
         .args(["run", "--leader-elect=false", "--log-format=json"])
         .arg(format!("--namespaces={}", namespaces.join(",")))
         .arg(format!("--metrics-bind-address={metrics_address}"))
+        .args(extra)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info,storagegrant_controller=debug")
         .stdin(Stdio::null())
@@ -138,6 +149,12 @@ pub async fn start(
 }
 
 impl RunningController {
+    /// Stops the controller process; a stopped one stays stopped.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The text of `/metrics`.
     pub async fn metrics(&self) -> String {
         http_get(&self.metrics_address, "/metrics")

@@ -30,9 +30,15 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:9443")]
     pub webhook_bind_address: SocketAddr,
 
-    /// Base URL the API server calls for admission instead of the in-cluster Service.
+    /// Base URL the API server calls for admission instead of the in-cluster Service; the
+    /// serving certificate is issued for its host. Starts the webhook outside a cluster.
     #[arg(long)]
     pub webhook_url: Option<String>,
+
+    /// Lifetime of the webhook's serving certificate (s, m, h or d); it is renewed after two
+    /// thirds of it.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    pub webhook_cert_lifetime: std::time::Duration,
 
     /// Watch and write only these namespaces (comma-separated); all namespaces when absent.
     #[arg(long, value_delimiter = ',')]
@@ -56,4 +62,46 @@ pub struct RunArgs {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// Parses a duration such as `30s`, `10m`, `12h` or `90d`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit, such as 90d")
+    })?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration {text:?}: the unit must be s, m, h or d"
+            ));
+        }
+    };
+    Ok(std::time::Duration::from_secs(number * seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(
+            parse_duration("30s"),
+            Ok(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_duration("90d"),
+            Ok(std::time::Duration::from_secs(90 * 86_400))
+        );
+        assert!(parse_duration("90").unwrap_err().contains("unit"));
+        assert!(parse_duration("d").unwrap_err().contains("number"));
+    }
 }

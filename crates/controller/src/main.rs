@@ -8,6 +8,7 @@ mod reconcile;
 mod run;
 mod telemetry;
 mod watch;
+mod webhook;
 
 use clap::Parser;
 use kube::CustomResourceExt;

@@ -35,6 +35,15 @@ pub struct Metrics {
     pub drift_detected: Family<KindLabels, Counter>,
     pub drift_repaired: Family<KindLabels, Counter>,
     pub repair_loops: Family<KindLabels, Counter>,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Histogram,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub kind: &'static str,
+    /// mutated, unchanged, contested or error.
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +62,10 @@ impl Metrics {
             drift_detected: Family::default(),
             drift_repaired: Family::default(),
             repair_loops: Family::default(),
+            admissions: Family::default(),
+            admission_duration: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
         };
         let registry = registry.sub_registry_with_prefix("storagegrant");
         registry.register(
@@ -95,7 +108,24 @@ impl Metrics {
             "Targets whose repairs stopped because they kept drifting",
             metrics.repair_loops.clone(),
         );
+        registry.register(
+            "webhook_admissions",
+            "Admission requests answered by the webhook",
+            metrics.admissions.clone(),
+        );
+        registry.register(
+            "webhook_duration_seconds",
+            "Time to answer one admission request",
+            metrics.admission_duration.clone(),
+        );
         metrics
+    }
+
+    pub fn observe_admission(&self, kind: &'static str, result: &'static str, elapsed: Duration) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { kind, result })
+            .inc();
+        self.admission_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_reconcile(&self, result: &'static str, elapsed: Duration) {

@@ -25,9 +25,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    // NOTE: leader election and the admission webhook are not implemented yet, so
-    // --leader-elect, --leader-election-namespace and the webhook flags have no effect; run a
-    // single replica.
+    // NOTE: leader election is not implemented yet, so --leader-elect and
+    // --leader-election-namespace have no effect; run a single replica.
     if args.leader_elect {
         tracing::warn!("Leader election is not implemented in this version; run a single replica");
     }
@@ -69,7 +68,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.clone(),
     );
 
-    tokio::spawn(crate::http::serve(listener, Arc::new(registry), readiness));
+    tokio::spawn(crate::http::serve(
+        listener,
+        Arc::new(registry),
+        readiness.clone(),
+    ));
+
+    start_webhook(&args, &client, &scope, &stores, &metrics, &readiness).await?;
 
     let reporter = Reporter {
         controller: "storagegrant-controller".into(),
@@ -92,5 +97,83 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     futures::future::join_all(runs).await;
     tracing::info!("Stopped");
+    Ok(())
+}
+
+/// Starts the admission webhook when the controller runs in a cluster or `--webhook-url`
+/// names where the API server reaches it.
+async fn start_webhook(
+    args: &RunArgs,
+    client: &Client,
+    scope: &Scope,
+    stores: &Arc<Stores>,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> anyhow::Result<()> {
+    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+    let namespace = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let hosts = match &args.webhook_url {
+        Some(url) => {
+            let url: http::Uri = url
+                .parse()
+                .with_context(|| format!("--webhook-url {url:?} is not a URL"))?;
+            let host = url.host().context("--webhook-url has no host")?;
+            vec![
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            ]
+        }
+        None if in_cluster => {
+            let service = crate::webhook::keeper::WEBHOOK_NAME;
+            vec![
+                format!("{service}.{namespace}.svc"),
+                format!("{service}.{namespace}.svc.cluster.local"),
+            ]
+        }
+        None => {
+            tracing::info!("Not in a cluster and no --webhook-url: the admission webhook is off");
+            return Ok(());
+        }
+    };
+    let listener = crate::webhook::server::bind(args.webhook_bind_address)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.webhook_bind_address))?;
+    let current = Arc::new(crate::webhook::certs::CurrentCert::default());
+    tokio::spawn(crate::webhook::server::serve(
+        listener,
+        current.clone(),
+        stores.clone(),
+        metrics.clone(),
+    ));
+
+    const CERTIFICATE: &str = "webhook certificate";
+    readiness.wait_for(CERTIFICATE);
+    let (watched, ready) = (current.clone(), readiness.clone());
+    tokio::spawn(async move {
+        while !watched.is_loaded() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        ready.done(CERTIFICATE);
+    });
+    let keeper = crate::webhook::keeper::Keeper {
+        client: client.clone(),
+        namespace,
+        hosts,
+        leaf_lifetime: args.webhook_cert_lifetime,
+        current,
+        stores: stores.clone(),
+        scope: scope.clone(),
+    };
+    // Checked often enough that a renewal lands well before expiry, and at most every 30 s.
+    let interval = (args.webhook_cert_lifetime / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    tracing::info!(address = %args.webhook_bind_address, "Serving the admission webhook");
+    tokio::spawn(keeper.run(interval));
     Ok(())
 }

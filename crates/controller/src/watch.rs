@@ -59,6 +59,18 @@ impl Readiness {
         });
     }
 
+    /// Marks `name` pending until [`Readiness::done`] is called with it.
+    pub fn wait_for(&self, name: &str) {
+        self.0
+            .lock()
+            .expect("readiness lock")
+            .insert(name.to_owned());
+    }
+
+    pub fn done(&self, name: &str) {
+        self.0.lock().expect("readiness lock").remove(name);
+    }
+
     pub fn pending(&self) -> Vec<String> {
         self.0
             .lock()
@@ -172,6 +184,36 @@ impl Stores {
             .flat_map(|store| store.state())
             .filter(|account| account.namespace().as_deref() == Some(namespace))
             .collect()
+    }
+
+    /// Whether the groups BR relies on for a job of `kind` (TiKV, and TiFlash for a Restore)
+    /// of `cluster` all carry the grant's identity; false when the cluster has no TiKVGroup
+    /// in the cache.
+    pub fn cluster_has_identity(
+        &self,
+        grant: &StorageGrant,
+        kind: TargetKind,
+        namespace: &str,
+        cluster: &str,
+    ) -> bool {
+        let mut kinds = vec![TargetKind::TiKvGroup];
+        if kind == TargetKind::Restore {
+            kinds.push(TargetKind::TiFlashGroup);
+        }
+        let mut found_tikv = false;
+        for group_kind in kinds {
+            for group in self.targets_in(group_kind, namespace) {
+                let body = serde_json::to_value(&*group).unwrap_or(Value::Null);
+                if body.pointer("/spec/cluster/name").and_then(Value::as_str) != Some(cluster) {
+                    continue;
+                }
+                found_tikv |= group_kind == TargetKind::TiKvGroup;
+                if !storagegrant_core::target::group_carries_identity(grant, group_kind, &body) {
+                    return false;
+                }
+            }
+        }
+        found_tikv
     }
 
     fn add_targets(&self, kind: TargetKind, stores: Vec<Store<DynamicObject>>) {

@@ -71,7 +71,7 @@ fn transition_events(
     for target in current.targets.iter().flatten() {
         let bad = matches!(
             target.state,
-            TargetState::Conflict | TargetState::Invalid | TargetState::Missing
+            TargetState::Conflict | TargetState::Invalid | TargetState::Missing | TargetState::Late
         );
         if bad && before(target.kind, &target.name) != Some(target.state) {
             let reason = format!("Target{:?}", target.state);

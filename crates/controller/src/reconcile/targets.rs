@@ -314,7 +314,9 @@ async fn facts(
         .and_then(Value::as_str)
         .unwrap_or_default();
     if let Some(cluster) = object.pointer("/spec/br/cluster").and_then(Value::as_str) {
-        facts.cluster_has_identity = cluster_has_identity(grant, kind, namespace, cluster, context);
+        facts.cluster_has_identity = context
+            .stores
+            .cluster_has_identity(grant, kind, namespace, cluster);
     }
     // Only a job that has not started can still be helped; a started one is never written.
     let started = object
@@ -335,35 +337,6 @@ async fn facts(
         }
     }
     Ok(facts)
-}
-
-/// Whether the groups BR relies on (TiKV, and TiFlash for a Restore) of the cluster all carry
-/// the grant's identity; false when the cluster has no TiKVGroup in the cache.
-fn cluster_has_identity(
-    grant: &StorageGrant,
-    kind: TargetKind,
-    namespace: &str,
-    cluster: &str,
-    context: &Context,
-) -> bool {
-    let mut kinds = vec![TargetKind::TiKvGroup];
-    if kind == TargetKind::Restore {
-        kinds.push(TargetKind::TiFlashGroup);
-    }
-    let mut found_tikv = false;
-    for group_kind in kinds {
-        for group in context.stores.targets_in(group_kind, namespace) {
-            let body = serde_json::to_value(&*group).unwrap_or(Value::Null);
-            if body.pointer("/spec/cluster/name").and_then(Value::as_str) != Some(cluster) {
-                continue;
-            }
-            found_tikv |= group_kind == TargetKind::TiKvGroup;
-            if !target::group_carries_identity(grant, group_kind, &body) {
-                return false;
-            }
-        }
-    }
-    found_tikv
 }
 
 /// Whether `account` may update Backups (or Restores) in `namespace`, as TiDB Operator's

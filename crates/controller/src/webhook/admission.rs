@@ -1,0 +1,153 @@
+//! The mutating admission webhook: a Backup or Restore being created gets the fields of every
+//! grant in its namespace that selects it, computed by the same core code as the reconciler.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kube::api::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use serde_json::Value;
+use storagegrant_api::{ConditionStatus, DriftPolicy, StorageGrant, TargetKind};
+use storagegrant_core::fieldset::{Entry, apply_body, display_path};
+use storagegrant_core::selection::grant_selects;
+use storagegrant_core::{desired, status};
+
+use crate::watch::Stores;
+
+/// The outcome of one admission, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Mutated,
+    Unchanged,
+    Contested,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutated => "mutated",
+            Self::Unchanged => "unchanged",
+            Self::Contested => "contested",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Answers one AdmissionReview. The object is always admitted; only the patch varies.
+pub fn review(
+    stores: &Stores,
+    review: AdmissionReview<DynamicObject>,
+) -> (AdmissionReview<DynamicObject>, Outcome, Option<TargetKind>) {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => {
+            tracing::warn!(%error, "Received an invalid AdmissionReview");
+            return (
+                AdmissionResponse::invalid(error.to_string()).into_review(),
+                Outcome::Error,
+                None,
+            );
+        }
+    };
+    let kind = TargetKind::from_kind(&request.kind.kind).filter(|kind| !kind.is_group());
+    let response = AdmissionResponse::from(&request);
+    let (Some(kind), Operation::Create, Some(object)) = (kind, &request.operation, &request.object)
+    else {
+        return (response.into_review(), Outcome::Unchanged, kind);
+    };
+    let namespace = request.namespace.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object).unwrap_or(Value::Null);
+    body["metadata"]["namespace"] = Value::String(namespace.clone());
+
+    let (entries, contested) = merged_entries(stores, kind, &namespace, &body);
+    if !contested.is_empty() {
+        tracing::warn!(%kind, %namespace, fields = ?contested, "Grants disagree on fields of a new object; none of those is written");
+    }
+    let patched = apply_body(body.clone(), &entries);
+    let patch = json_patch::diff(&body, &patched);
+    let outcome = match (patch.0.is_empty(), contested.is_empty()) {
+        (_, false) => Outcome::Contested,
+        (true, true) => Outcome::Unchanged,
+        (false, true) => Outcome::Mutated,
+    };
+    if patch.0.is_empty() {
+        return (response.into_review(), outcome, Some(kind));
+    }
+    match response.with_patch(patch) {
+        Ok(response) => {
+            tracing::info!(%kind, %namespace, name = %request.name, fields = entries.len(), "Admitted with the grants' fields");
+            (response.into_review(), outcome, Some(kind))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Failed to serialize an admission patch");
+            (
+                AdmissionResponse::from(&request).into_review(),
+                Outcome::Error,
+                Some(kind),
+            )
+        }
+    }
+}
+
+/// The entries of every grant that selects the object, without the fields two grants set to
+/// different values; those are returned as contested.
+fn merged_entries(
+    stores: &Stores,
+    kind: TargetKind,
+    namespace: &str,
+    body: &Value,
+) -> (Vec<Entry>, Vec<String>) {
+    let name = body
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let labels: BTreeMap<String, String> = body
+        .pointer("/metadata/labels")
+        .and_then(|labels| serde_json::from_value(labels.clone()).ok())
+        .unwrap_or_default();
+    let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut contested = Vec::new();
+    for grant in stores.grants_in(namespace) {
+        if !writes_on_admission(&grant) || !grant_selects(&grant, kind, name, &labels, body) {
+            continue;
+        }
+        let Ok(mut entries) = desired::entries(&grant, kind, body) else {
+            continue;
+        };
+        let cluster = body
+            .pointer("/spec/br/cluster")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if stores.cluster_has_identity(&grant, kind, namespace, cluster) {
+            entries.push(desired::send_cred_to_tikv_off());
+        }
+        for entry in entries {
+            let path = display_path(&entry.path);
+            match by_path.get(&path) {
+                Some(existing) if existing.value != entry.value => contested.push(path),
+                Some(_) => {}
+                None => {
+                    by_path.insert(path, entry);
+                }
+            }
+        }
+    }
+    for path in &contested {
+        by_path.remove(path);
+    }
+    (by_path.into_values().collect(), contested)
+}
+
+/// Whether a grant writes new objects: it corrects drift, and its credentials were valid when
+/// last reconciled, so the fields point at a kept Secret that exists.
+fn writes_on_admission(grant: &Arc<StorageGrant>) -> bool {
+    if grant.spec.drift_policy() == DriftPolicy::Report {
+        return false;
+    }
+    grant
+        .status
+        .as_ref()
+        .and_then(|status| status::condition(status, status::CREDENTIALS_VALID))
+        .is_some_and(|condition| condition.status == ConditionStatus::True)
+}
