@@ -20,7 +20,10 @@ help:
 	@echo "make test         unit tests and the e2e suite on a real API server"
 	@echo "make lint         rustfmt, clippy and the generated-CRD check"
 	@echo "make crd          regenerate $(CRD)"
+	@echo "make install-manifest  regenerate manifests/install.yaml from config/default"
 	@echo "make cluster-up | cluster-down | kubectl ARGS=..."
+
+include config/install.mk
 
 build:
 	cargo build --workspace
@@ -37,7 +40,7 @@ test-unit:
 test-e2e: controlplane
 	STORAGEGRANT_TIDB_CRDS="$(TIDB_CRDS)" cargo test -p storagegrant-e2e --no-fail-fast
 
-lint: check-crd
+lint: check-crd check-install-manifest
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 

@@ -44,7 +44,13 @@ pub fn control_plane() -> &'static ControlPlane {
 }
 
 fn start() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("storagegrant-e2e-{}", std::process::id()));
+    // The time makes the name unique even when a process id is reused.
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let dir =
+        std::env::temp_dir().join(format!("storagegrant-e2e-{}-{started}", std::process::id()));
     let script = workspace_root().join("e2e/controlplane/cluster.sh");
     let output = Command::new("bash")
         .arg(&script)

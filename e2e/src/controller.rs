@@ -65,12 +65,19 @@ pub fn controller_binary() -> &'static Path {
     })
 }
 
-/// Applies the shipped RBAC and the controller's ServiceAccount.
+/// Applies the shipped RBAC (the controller's and its webhook's) and the ServiceAccount.
 pub async fn install_rbac(admin: &Client) {
     let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}});
     apply(admin, None, namespace).await;
-    for file in ["service_account.yaml", "role.yaml", "role_binding.yaml"] {
-        for document in read_documents(&workspace_root().join("config/rbac").join(file)) {
+    let files = [
+        "rbac/service_account.yaml",
+        "rbac/role.yaml",
+        "rbac/role_binding.yaml",
+        "webhook/role.yaml",
+        "webhook/role_binding.yaml",
+    ];
+    for file in files {
+        for document in read_documents(&workspace_root().join("config").join(file)) {
             apply(admin, Some(CONTROLLER_NAMESPACE), document).await;
         }
     }

@@ -54,7 +54,8 @@ async fn start_webhook_controller(
         format!("--webhook-url=https://127.0.0.1:{port}"),
         format!("--webhook-bind-address=127.0.0.1:{port}"),
         format!("--webhook-cert-lifetime={lifetime}"),
-        format!("--leader-election-namespace={}", env.namespace),
+        // Where the shipped install keeps the certificate Secret, as its RBAC expects.
+        "--leader-election-namespace=storagegrant-system".to_owned(),
     ];
     controller::start_with(env.plane, &env.admin, &[&env.namespace], name, &args).await
 }
@@ -254,9 +255,9 @@ async fn backup_admitted_while_webhook_down_is_reported() {
 async fn leaf_rotation_loses_no_backup() {
     let _guard = ONE_AT_A_TIME.lock().await;
     // Renewed every 4 s (two thirds of 6 s) while Backups are created for about 15 s.
-    let (env, _webhook, _) = webhook_env("webhook-rotation", "6s").await;
+    let (env, mut webhook, _) = webhook_env("webhook-rotation", "6s").await;
     let ns = Some(env.namespace.as_str());
-    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), &env.namespace);
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), "storagegrant-system");
     let certificate = || async {
         secrets
             .get("storagegrant-webhook-tls")
@@ -281,9 +282,140 @@ async fn leaf_rotation_loses_no_backup() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // Later tests run controllers with the default lifetime; they start from a fresh Secret.
+    webhook.stop();
+    secrets
+        .delete("storagegrant-webhook-tls", &Default::default())
+        .await
+        .unwrap();
     assert!(
         seen.len() >= 3,
         "the serving certificate was renewed {} times, expected at least twice",
         seen.len() - 1
+    );
+}
+
+#[tokio::test]
+async fn grant_waits_for_webhook_proof() {
+    let _guard = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::start("webhook-proof").await;
+    let ns = Some(env.namespace.as_str());
+    env.bind_backup_manager("tidb-backup-manager").await;
+    apply(
+        &env.admin,
+        ns,
+        secret(
+            "creds",
+            &[("access_key", KEY_ID), ("secret_key", SECRET_KEY)],
+        ),
+    )
+    .await;
+    // The configuration points at port 1, where nothing listens, so admission skips the
+    // webhook (failurePolicy Ignore) and the dry-run comes back unmutated.
+    configure_webhook(&env, 1).await;
+    env.controller.stop();
+    let port = free_port();
+    let _webhook =
+        start_webhook_controller(&env, port, &format!("{}-webhook", env.namespace), "90d").await;
+
+    apply(
+        &env.admin,
+        ns,
+        aws_access_key_grant("g", "creds", json!([{"kind": "Backup", "cluster": "demo"}])),
+    )
+    .await;
+
+    let status = env
+        .wait_for_status(
+            "g",
+            "WebhookNotReady",
+            has_condition("TargetsInSync", "False", "WebhookNotReady"),
+        )
+        .await;
+    assert_eq!(
+        storagegrant_e2e::fixtures::condition(&status, "Ready")
+            .unwrap()
+            .0,
+        "False"
+    );
+
+    configure_webhook(&env, port).await;
+
+    env.wait_for_status(
+        "g",
+        "Ready once the webhook answers",
+        has_condition("Ready", "True", "Ready"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn disagreeing_grants_write_neither_field() {
+    let _guard = ONE_AT_A_TIME.lock().await;
+    let (env, _webhook, _) = webhook_env("webhook-contested", "90d").await;
+    let ns = Some(env.namespace.as_str());
+    apply(
+        &env.admin,
+        ns,
+        secret(
+            "other-creds",
+            &[
+                ("access_key", "AKIAI44QH8DHBEXAMPLE"),
+                ("secret_key", SECRET_KEY),
+            ],
+        ),
+    )
+    .await;
+    apply(
+        &env.admin,
+        ns,
+        aws_access_key_grant(
+            "rival",
+            "other-creds",
+            json!([{"kind": "Backup", "selector": {"matchLabels": {"schedule": "nightly"}}}]),
+        ),
+    )
+    .await;
+    let status = env
+        .wait_for_status(
+            "rival",
+            "ContestedByGrants",
+            has_condition("TargetsInSync", "False", "ContestedByGrants"),
+        )
+        .await;
+    assert!(
+        storagegrant_e2e::fixtures::condition(&status, "TargetsInSync")
+            .unwrap()
+            .2
+            .contains("spec.s3.secretName")
+    );
+
+    let created = create(&env.admin, ns, nightly("contested")).await;
+
+    assert!(
+        created.data["spec"]["s3"].get("secretName").is_none(),
+        "a contested field was written"
+    );
+    for grant in ["g", "rival"] {
+        env.wait_for_status(
+            grant,
+            "Conflict on the contested Backup",
+            |status| match target_state(status, "Backup", "contested") {
+                Some((TargetState::Conflict, _, Some(message)))
+                    if message.contains("spec.s3.secretName") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.get("Backup", "contested").await["spec"]["s3"]
+            .get("secretName")
+            .is_none(),
+        "a grant wrote the contested field later"
     );
 }

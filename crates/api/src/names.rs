@@ -18,6 +18,10 @@ pub const ADOPT_LABEL: &str = "storagegrant.dev/adopt";
 /// Finalizer that lets the grant release its fields before it is deleted.
 pub const FINALIZER: &str = "storagegrant.dev/release";
 
+/// Annotation the admission webhook leaves on a Backup or Restore when grants disagree about
+/// its fields: JSON with the grants and the fields.
+pub const CONTESTED_ANNOTATION: &str = "storagegrant.dev/contested";
+
 /// Directory under which GCP key files are mounted, one sub-directory per grant.
 pub const GCP_MOUNT_ROOT: &str = "/var/run/secrets/storagegrant";
 

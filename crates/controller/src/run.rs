@@ -74,14 +74,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.clone(),
     ));
 
-    start_webhook(&args, &client, &scope, &stores, &metrics, &readiness).await?;
+    let webhook_enabled =
+        start_webhook(&args, &client, &scope, &stores, &metrics, &readiness).await?;
 
     let reporter = Reporter {
         controller: "storagegrant-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let context = Arc::new(Context::new(client, stores, metrics, recorder));
+    let mut context = Context::new(client, stores, metrics, recorder);
+    context.webhook_enabled = webhook_enabled;
+    let context = Arc::new(context);
     let runs = controllers.into_iter().map(|controller| {
         controller
             .run(
@@ -101,7 +104,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Starts the admission webhook when the controller runs in a cluster or `--webhook-url`
-/// names where the API server reaches it.
+/// names where the API server reaches it; returns whether it started.
 async fn start_webhook(
     args: &RunArgs,
     client: &Client,
@@ -109,7 +112,7 @@ async fn start_webhook(
     stores: &Arc<Stores>,
     metrics: &Metrics,
     readiness: &Readiness,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let namespace = args
         .leader_election_namespace
@@ -136,7 +139,7 @@ async fn start_webhook(
         }
         None => {
             tracing::info!("Not in a cluster and no --webhook-url: the admission webhook is off");
-            return Ok(());
+            return Ok(false);
         }
     };
     let listener = crate::webhook::server::bind(args.webhook_bind_address)
@@ -168,12 +171,13 @@ async fn start_webhook(
         stores: stores.clone(),
         scope: scope.clone(),
     };
-    // Checked often enough that a renewal lands well before expiry, and at most every 30 s.
+    // Every 5 s at most, so that a new grant's namespace gets the webhook label promptly; a
+    // check only reads unless something must change.
     let interval = (args.webhook_cert_lifetime / 10).clamp(
         std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(30),
+        std::time::Duration::from_secs(5),
     );
     tracing::info!(address = %args.webhook_bind_address, "Serving the admission webhook");
     tokio::spawn(keeper.run(interval));
-    Ok(())
+    Ok(true)
 }

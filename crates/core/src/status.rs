@@ -22,6 +22,9 @@ pub struct Observed<'a> {
     pub uninstalled_kinds: Vec<TargetKind>,
     /// Whether this reconcile wrote to the cluster, so that more convergence may follow.
     pub wrote: bool,
+    /// A problem that keeps the targets from being in sync beyond their own states, such as an
+    /// admission webhook that is not proven yet: the reason and message.
+    pub targets_problem: Option<(&'a str, String)>,
 }
 
 pub const READY: &str = "Ready";
@@ -174,6 +177,14 @@ fn targets_condition(observed: &Observed<'_>, targets: &[TargetOutcome]) -> Part
             ConditionStatus::False,
             reason.to_owned(),
             message,
+        );
+    }
+    if let Some((reason, message)) = &observed.targets_problem {
+        return (
+            TARGETS_IN_SYNC,
+            ConditionStatus::False,
+            (*reason).to_owned(),
+            message.clone(),
         );
     }
     let active = targets
@@ -347,6 +358,7 @@ mod tests {
             targets,
             uninstalled_kinds: vec![],
             wrote: false,
+            targets_problem: None,
         }
     }
 
@@ -442,6 +454,23 @@ mod tests {
                 .unwrap()
                 .last_transition_time,
             "t0"
+        );
+    }
+
+    #[test]
+    fn unproven_webhook_keeps_grant_not_ready() {
+        let mut input = observed(vec![]);
+        input.targets_problem =
+            Some(("WebhookNotReady", "a dry-run create was not mutated".into()));
+        let status = compute(None, &input, "t0");
+        assert_eq!(
+            status_of(&status, TARGETS_IN_SYNC),
+            (ConditionStatus::False, "WebhookNotReady".into())
+        );
+        assert_eq!(status_of(&status, READY).0, ConditionStatus::False);
+        assert_eq!(
+            status_of(&status, RECONCILING),
+            (ConditionStatus::True, "Progressing".into())
         );
     }
 

@@ -89,6 +89,9 @@ pub fn plan(grant: &StorageGrant, kind: TargetKind, object: &Value, facts: &Fact
         Err(Unsuitable { reason, message }) => return stop(TargetState::Invalid, reason, message),
     };
     if !kind.is_group() {
+        if let Some(message) = contested(grant, object) {
+            return stop(TargetState::Conflict, "ContestedByGrants", message);
+        }
         if let Some((reason, message)) = blocking_job_problem(object) {
             return stop(TargetState::Invalid, reason, message);
         }
@@ -252,6 +255,31 @@ fn started_job(
         outcome: outcome(TargetState::InSync, None, None),
         apply,
     }
+}
+
+/// The message for a job on which the admission webhook found this grant disagreeing with
+/// another about a field, from the annotation it left; neither grant writes such a job.
+pub fn contested(grant: &StorageGrant, object: &Value) -> Option<String> {
+    let annotation = object
+        .pointer("/metadata/annotations")
+        .and_then(|annotations| annotations.get(names::CONTESTED_ANNOTATION))
+        .and_then(Value::as_str)?;
+    let record: ContestedRecord = serde_json::from_str(annotation).ok()?;
+    let grant_name = grant.metadata.name.as_deref().unwrap_or_default();
+    record.grants.iter().any(|name| name == grant_name).then(|| {
+        format!(
+            "grants {} set {} to different values, so the webhook wrote none of them; make the grants agree or narrow their targets",
+            record.grants.join(", "),
+            record.fields.join(", ")
+        )
+    })
+}
+
+/// What the admission webhook records on a job when grants disagree about its fields.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Default)]
+pub struct ContestedRecord {
+    pub grants: Vec<String>,
+    pub fields: Vec<String>,
 }
 
 /// A Backup or Restore of a cluster in another namespace is reported, not guessed at.

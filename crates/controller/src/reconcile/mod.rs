@@ -4,6 +4,7 @@
 
 mod cleanup;
 mod credentials;
+mod probe;
 mod release;
 mod report;
 mod targets;
@@ -48,6 +49,11 @@ pub struct Context {
     /// When each target was repaired, by (grant uid, grant generation, kind, name), for the
     /// repair budget. It lives in memory: a restarted controller starts a fresh budget.
     repairs: Mutex<HashMap<RepairKey, Vec<Instant>>>,
+    /// Whether this controller serves the admission webhook, so that grants selecting
+    /// Backups or Restores must prove it before they read Ready.
+    pub webhook_enabled: bool,
+    /// Grants (uid, generation) whose webhook dry-run came back mutated.
+    proven: Mutex<std::collections::HashSet<(String, i64)>>,
 }
 
 type RepairKey = (String, i64, TargetKind, String);
@@ -62,6 +68,8 @@ impl Context {
             source_data: Mutex::default(),
             access_reviews: Mutex::default(),
             repairs: Mutex::default(),
+            webhook_enabled: false,
+            proven: Mutex::default(),
         }
     }
 }
@@ -236,6 +244,11 @@ async fn reconcile_grant(grant: &StorageGrant, context: &Context) -> Result<Acti
         cleanup::release_unneeded(grant, context, &mut progress).await?;
     }
 
+    let webhook_problem = if kept.problem.is_none() {
+        probe::webhook_problem(grant, context).await
+    } else {
+        None
+    };
     let observed = Observed {
         generation: grant.metadata.generation,
         field_manager: names::field_manager(&grant.name_any()),
@@ -247,11 +260,14 @@ async fn reconcile_grant(grant: &StorageGrant, context: &Context) -> Result<Acti
         targets: targets.outcomes,
         uninstalled_kinds: targets.uninstalled,
         wrote: progress.wrote,
+        targets_problem: webhook_problem,
     };
     report::write_status(grant, &observed, context, &mut progress).await?;
     report::publish_events(grant, context, progress.events).await;
 
-    Ok(Action::requeue(if progress.wrote {
+    // A write, or a webhook not proven yet, is looked at again soon even without an event.
+    let waiting = progress.wrote || observed.targets_problem.is_some();
+    Ok(Action::requeue(if waiting {
         VERIFY_AFTER_WRITE
     } else {
         RESYNC

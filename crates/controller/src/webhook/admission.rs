@@ -7,9 +7,10 @@ use std::sync::Arc;
 use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
-use storagegrant_api::{ConditionStatus, DriftPolicy, StorageGrant, TargetKind};
+use storagegrant_api::{ConditionStatus, DriftPolicy, StorageGrant, TargetKind, names};
 use storagegrant_core::fieldset::{Entry, apply_body, display_path};
 use storagegrant_core::selection::grant_selects;
+use storagegrant_core::target::ContestedRecord;
 use storagegrant_core::{desired, status};
 
 use crate::watch::Stores;
@@ -61,12 +62,16 @@ pub fn review(
     body["metadata"]["namespace"] = Value::String(namespace.clone());
 
     let (entries, contested) = merged_entries(stores, kind, &namespace, &body);
-    if !contested.is_empty() {
-        tracing::warn!(%kind, %namespace, fields = ?contested, "Grants disagree on fields of a new object; none of those is written");
+    let mut patched = apply_body(body.clone(), &entries);
+    if !contested.fields.is_empty() {
+        tracing::warn!(%kind, %namespace, fields = ?contested.fields, grants = ?contested.grants, "Grants disagree on fields of a new object; none of those is written");
+        // Recorded on the object, so that whichever replica reconciles the grants reports
+        // both as Conflict.
+        let record = serde_json::to_string(&contested).expect("a record serializes");
+        patched["metadata"]["annotations"][names::CONTESTED_ANNOTATION] = Value::String(record);
     }
-    let patched = apply_body(body.clone(), &entries);
     let patch = json_patch::diff(&body, &patched);
-    let outcome = match (patch.0.is_empty(), contested.is_empty()) {
+    let outcome = match (patch.0.is_empty(), contested.fields.is_empty()) {
         (_, false) => Outcome::Contested,
         (true, true) => Outcome::Unchanged,
         (false, true) => Outcome::Mutated,
@@ -97,7 +102,7 @@ fn merged_entries(
     kind: TargetKind,
     namespace: &str,
     body: &Value,
-) -> (Vec<Entry>, Vec<String>) {
+) -> (Vec<Entry>, ContestedRecord) {
     let name = body
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -106,8 +111,8 @@ fn merged_entries(
         .pointer("/metadata/labels")
         .and_then(|labels| serde_json::from_value(labels.clone()).ok())
         .unwrap_or_default();
-    let mut by_path: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut contested = Vec::new();
+    let mut by_path: BTreeMap<String, (Entry, String)> = BTreeMap::new();
+    let mut contested = ContestedRecord::default();
     for grant in stores.grants_in(namespace) {
         if !writes_on_admission(&grant) || !grant_selects(&grant, kind, name, &labels, body) {
             continue;
@@ -122,21 +127,34 @@ fn merged_entries(
         if stores.cluster_has_identity(&grant, kind, namespace, cluster) {
             entries.push(desired::send_cred_to_tikv_off());
         }
+        let grant_name = grant.metadata.name.clone().unwrap_or_default();
         for entry in entries {
             let path = display_path(&entry.path);
             match by_path.get(&path) {
-                Some(existing) if existing.value != entry.value => contested.push(path),
+                Some((existing, owner)) if existing.value != entry.value => {
+                    for name in [owner.clone(), grant_name.clone()] {
+                        if !contested.grants.contains(&name) {
+                            contested.grants.push(name);
+                        }
+                    }
+                    if !contested.fields.contains(&path) {
+                        contested.fields.push(path);
+                    }
+                }
                 Some(_) => {}
                 None => {
-                    by_path.insert(path, entry);
+                    by_path.insert(path, (entry, grant_name.clone()));
                 }
             }
         }
     }
-    for path in &contested {
+    for path in &contested.fields {
         by_path.remove(path);
     }
-    (by_path.into_values().collect(), contested)
+    (
+        by_path.into_values().map(|(entry, _)| entry).collect(),
+        contested,
+    )
 }
 
 /// Whether a grant writes new objects: it corrects drift, and its credentials were valid when

@@ -76,6 +76,10 @@ impl Keeper {
         }
     }
 
+    fn renewal_period(&self) -> i64 {
+        (self.leaf_lifetime * 2 / 3).as_secs() as i64
+    }
+
     /// Returns the Secret's certificates, creating or renewing them as needed. Two replicas
     /// racing here are serialized by the Secret's resourceVersion: the loser rereads.
     async fn ensure_certificate(&self) -> Result<Material, KeeperError> {
@@ -83,7 +87,14 @@ impl Keeper {
         let existing = api.get_opt(CERT_SECRET).await?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         match existing.as_ref().and_then(Material::from_secret) {
-            Some(material) if material.renew_after > now => Ok(material),
+            // A certificate due later than one issued now would be (the lifetime was shortened)
+            // is renewed too.
+            Some(material)
+                if material.renew_after > now
+                    && material.renew_after <= now + self.renewal_period() =>
+            {
+                Ok(material)
+            }
             Some(material) => {
                 let renewed = Material::renew(
                     material.ca_cert,

@@ -97,6 +97,11 @@ async fn handle(
         }
     };
     let (answer, outcome, kind) = admission::review(stores, review);
+    tracing::debug!(
+        ?kind,
+        outcome = outcome.as_str(),
+        "Answered an admission request"
+    );
     metrics.observe_admission(
         kind.map(|kind| kind.as_str()).unwrap_or("other"),
         outcome.as_str(),
