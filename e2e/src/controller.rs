@@ -9,10 +9,10 @@ use std::time::Duration;
 use kube::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::ControlPlane;
 use crate::cluster::workspace_root;
 use crate::identity::{service_account_token, write_token_kubeconfig};
 use crate::objects::{apply, read_documents};
-use crate::{ControlPlane, eventually};
 
 pub const CONTROLLER_NAMESPACE: &str = "storagegrant-system";
 pub const CONTROLLER_ACCOUNT: &str = "storagegrant-controller";
@@ -65,7 +65,8 @@ pub fn controller_binary() -> &'static Path {
     })
 }
 
-/// Applies the shipped RBAC (the controller's and its webhook's) and the ServiceAccount.
+/// Applies the shipped RBAC (the controller's, its webhook's and its leader election's) and
+/// the ServiceAccount.
 pub async fn install_rbac(admin: &Client) {
     let namespace = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": CONTROLLER_NAMESPACE}});
     apply(admin, None, namespace).await;
@@ -75,6 +76,8 @@ pub async fn install_rbac(admin: &Client) {
         "rbac/role_binding.yaml",
         "webhook/role.yaml",
         "webhook/role_binding.yaml",
+        "manager/leader_election_role.yaml",
+        "manager/leader_election_role_binding.yaml",
     ];
     for file in files {
         for document in read_documents(&workspace_root().join("config").join(file)) {
@@ -120,7 +123,11 @@ pub async fn start_with(
 
     let metrics_address = format!("127.0.0.1:{}", free_port());
     let child = Command::new(controller_binary())
-        .args(["run", "--leader-elect=false", "--log-format=json"])
+        .args(["run", "--log-format=json"])
+        .args(
+            (!extra.iter().any(|arg| arg.starts_with("--leader-elect=")))
+                .then_some("--leader-elect=false"),
+        )
         .arg(format!("--namespaces={}", namespaces.join(",")))
         .arg(format!("--metrics-bind-address={metrics_address}"))
         .args(extra)
@@ -136,26 +143,39 @@ pub async fn start_with(
         metrics_address,
         log_path,
     };
-    let address = controller.metrics_address.clone();
-    eventually(
-        "the controller to report ready",
-        Duration::from_secs(60),
-        || {
-            let address = address.clone();
-            async move {
-                match http_get(&address, "/readyz").await {
-                    Ok((200, _)) => Ok(()),
-                    Ok((code, body)) => Err(format!("{code} {body}")),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
-        },
-    )
-    .await;
+    let mut controller = controller;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(exit)) = controller.child.try_wait() {
+            panic!(
+                "storagegrant-controller exited with {exit}: {}",
+                controller.log()
+            );
+        }
+        let last = match http_get(&controller.metrics_address, "/readyz").await {
+            Ok((200, _)) => break,
+            Ok((code, body)) => format!("{code} {body}"),
+            Err(error) => error.to_string(),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller did not report ready in 60 s: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     controller
 }
 
 impl RunningController {
+    /// Sends SIGTERM and waits for the process to exit, as the kubelet does to a pod.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Stops the controller process; a stopped one stays stopped.
     pub fn stop(&mut self) {
         let _ = self.child.kill();

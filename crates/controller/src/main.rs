@@ -3,6 +3,7 @@
 
 mod cli;
 mod http;
+mod leader;
 mod metrics;
 mod reconcile;
 mod run;

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,30 @@ pub struct Metrics {
     pub repair_loops: Family<KindLabels, Counter>,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_duration: Histogram,
+    pub grants: Family<ReadyLabels, Gauge>,
+    pub targets: Family<TargetLabels, Gauge>,
+    pub leader: Gauge,
+    /// The last status of each grant, by (namespace, name), from which the gauges are summed.
+    statuses: std::sync::Arc<
+        std::sync::Mutex<std::collections::BTreeMap<(String, String), GrantSummary>>,
+    >,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GrantSummary {
+    ready: bool,
+    targets: Vec<(&'static str, &'static str)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub ready: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub kind: &'static str,
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -66,6 +91,10 @@ impl Metrics {
             admission_duration: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
+            grants: Family::default(),
+            targets: Family::default(),
+            leader: Gauge::default(),
+            statuses: Default::default(),
         };
         let registry = registry.sub_registry_with_prefix("storagegrant");
         registry.register(
@@ -118,7 +147,66 @@ impl Metrics {
             "Time to answer one admission request",
             metrics.admission_duration.clone(),
         );
+        registry.register(
+            "grants",
+            "Grants by readiness, as last reconciled by this replica",
+            metrics.grants.clone(),
+        );
+        registry.register(
+            "targets",
+            "Targets by kind and state, as last reconciled by this replica",
+            metrics.targets.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            metrics.leader.clone(),
+        );
         metrics
+    }
+
+    /// Records a grant's latest status (or its removal, with `None`) and updates the gauges.
+    pub fn record_grant(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: Option<&storagegrant_api::StorageGrantStatus>,
+    ) {
+        let mut statuses = self.statuses.lock().expect("grant summary lock");
+        let key = (namespace.to_owned(), name.to_owned());
+        match status {
+            Some(status) => {
+                let ready =
+                    storagegrant_core::status::condition(status, storagegrant_core::status::READY)
+                        .is_some_and(|condition| {
+                            condition.status == storagegrant_api::ConditionStatus::True
+                        });
+                let targets = status
+                    .targets
+                    .iter()
+                    .flatten()
+                    .map(|target| (target.kind.as_str(), state_name(target.state)))
+                    .collect();
+                statuses.insert(key, GrantSummary { ready, targets });
+            }
+            None => {
+                statuses.remove(&key);
+            }
+        }
+        self.grants.clear();
+        self.targets.clear();
+        for summary in statuses.values() {
+            self.grants
+                .get_or_create(&ReadyLabels {
+                    ready: if summary.ready { "true" } else { "false" },
+                })
+                .inc();
+            for (kind, state) in &summary.targets {
+                self.targets
+                    .get_or_create(&TargetLabels { kind, state })
+                    .inc();
+            }
+        }
     }
 
     pub fn observe_admission(&self, kind: &'static str, result: &'static str, elapsed: Duration) {
@@ -141,5 +229,18 @@ impl Metrics {
                 kind: kind.to_owned(),
             })
             .inc();
+    }
+}
+
+fn state_name(state: storagegrant_api::TargetState) -> &'static str {
+    use storagegrant_api::TargetState::*;
+    match state {
+        InSync => "InSync",
+        Drifted => "Drifted",
+        Missing => "Missing",
+        Conflict => "Conflict",
+        Invalid => "Invalid",
+        Late => "Late",
+        Finished => "Finished",
     }
 }

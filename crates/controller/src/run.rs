@@ -6,12 +6,14 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use prometheus_client::registry::Registry;
 use storagegrant_api::StorageGrant;
 
 use crate::cli::RunArgs;
+use crate::leader::{self, Elector, Leadership};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
 use crate::watch::{self, CoreWatches, Readiness, Scope, Stores, Triggers};
@@ -25,11 +27,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         args.namespaces.iter().cloned().map(Some).collect()
     };
-    // NOTE: leader election is not implemented yet, so --leader-elect and
-    // --leader-election-namespace have no effect; run a single replica.
-    if args.leader_elect {
-        tracing::warn!("Leader election is not implemented in this version; run a single replica");
-    }
     tracing::info!(namespaces = ?args.namespaces, metrics = %args.metrics_bind_address, "Starting storagegrant-controller");
 
     // Bind first, so that a taken port fails the start before any watch begins.
@@ -59,6 +56,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let core_watches = CoreWatches::new(&client, &scope, &readiness);
     let stores = Arc::new(Stores::new(grant_stores, &core_watches));
     let triggers = Triggers::new(senders);
+    let lease_namespace = args
+        .leader_election_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let elector = args.leader_elect.then(|| {
+        Arc::new(Elector::new(
+            client.clone(),
+            &lease_namespace,
+            leader::identity(),
+        ))
+    });
+    let leadership = match &elector {
+        Some(elector) => {
+            let (running, stores, triggers, gauge) = (
+                elector.clone(),
+                stores.clone(),
+                triggers.clone(),
+                metrics.leader.clone(),
+            );
+            tokio::spawn(async move {
+                running
+                    .run(|leading| {
+                        gauge.set(i64::from(leading));
+                        // A new leader reconciles every grant, since a standby skipped them.
+                        if leading {
+                            for grant in stores.grants.iter().flat_map(|store| store.state()) {
+                                triggers.send(ObjectRef::from_obj(&*grant));
+                            }
+                        }
+                    })
+                    .await
+            });
+            elector.leadership()
+        }
+        None => {
+            metrics.leader.set(1);
+            Leadership::always()
+        }
+    };
     core_watches.start(stores.clone(), triggers.clone());
     watch::watch_target_kinds(
         client.clone(),
@@ -74,8 +110,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.clone(),
     ));
 
-    let webhook_enabled =
-        start_webhook(&args, &client, &scope, &stores, &metrics, &readiness).await?;
+    let webhook_enabled = start_webhook(
+        &args,
+        &client,
+        &scope,
+        &stores,
+        &metrics,
+        &readiness,
+        &leadership,
+    )
+    .await?;
 
     let reporter = Reporter {
         controller: "storagegrant-controller".into(),
@@ -84,6 +128,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let recorder = Recorder::new(client.clone(), reporter);
     let mut context = Context::new(client, stores, metrics, recorder);
     context.webhook_enabled = webhook_enabled;
+    context.leadership = leadership;
     let context = Arc::new(context);
     let runs = controllers.into_iter().map(|controller| {
         controller
@@ -99,6 +144,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             })
     });
     futures::future::join_all(runs).await;
+    // In-flight reconciles have finished; a standby may take over at once.
+    if let Some(elector) = elector {
+        elector.release().await;
+    }
     tracing::info!("Stopped");
     Ok(())
 }
@@ -112,6 +161,7 @@ async fn start_webhook(
     stores: &Arc<Stores>,
     metrics: &Metrics,
     readiness: &Readiness,
+    leadership: &Leadership,
 ) -> anyhow::Result<bool> {
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
     let namespace = args
@@ -170,6 +220,7 @@ async fn start_webhook(
         current,
         stores: stores.clone(),
         scope: scope.clone(),
+        leadership: leadership.clone(),
     };
     // Every 5 s at most, so that a new grant's namespace gets the webhook label promptly; a
     // check only reads unless something must change.

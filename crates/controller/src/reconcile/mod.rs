@@ -49,6 +49,8 @@ pub struct Context {
     /// When each target was repaired, by (grant uid, grant generation, kind, name), for the
     /// repair budget. It lives in memory: a restarted controller starts a fresh budget.
     repairs: Mutex<HashMap<RepairKey, Vec<Instant>>>,
+    /// Whether this replica holds the leader Lease; only the leader reconciles.
+    pub leadership: crate::leader::Leadership,
     /// Whether this controller serves the admission webhook, so that grants selecting
     /// Backups or Restores must prove it before they read Ready.
     pub webhook_enabled: bool,
@@ -68,6 +70,7 @@ impl Context {
             source_data: Mutex::default(),
             access_reviews: Mutex::default(),
             repairs: Mutex::default(),
+            leadership: crate::leader::Leadership::always(),
             webhook_enabled: false,
             proven: Mutex::default(),
         }
@@ -144,6 +147,11 @@ impl Error {
 }
 
 pub async fn reconcile(grant: Arc<StorageGrant>, context: Arc<Context>) -> Result<Action, Error> {
+    if !context.leadership.is_leader() {
+        // A standby keeps its caches warm and writes nothing; it reconciles every grant once
+        // it becomes the leader.
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default());
     let result =

@@ -177,6 +177,9 @@ pub(super) async fn release_all(
             }
         }
     }
+    context
+        .metrics
+        .record_grant(&namespace, &grant.name_any(), None);
     tracing::info!("Released the grant; removing its finalizer");
     Ok(Action::await_change())
 }

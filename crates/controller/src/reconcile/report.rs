@@ -30,6 +30,11 @@ pub(super) async fn write_status(
     progress: &mut Progress,
 ) -> Result<(), Error> {
     let status = status::compute(grant.status.as_ref(), observed, &now());
+    context.metrics.record_grant(
+        &grant.namespace().unwrap_or_default(),
+        &grant.name_any(),
+        Some(&status),
+    );
     if grant.status.as_ref() == Some(&status) {
         tracing::debug!("Status unchanged");
         return Ok(());

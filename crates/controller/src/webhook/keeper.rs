@@ -37,6 +37,9 @@ pub struct Keeper {
     pub stores: Arc<Stores>,
     /// The namespaces the controller watches; `None`: all.
     pub scope: Vec<Option<String>>,
+    /// Only the leader creates or renews the certificate, patches the configuration and
+    /// labels namespaces; every replica loads the certificate.
+    pub leadership: crate::leader::Leadership,
 }
 
 impl Keeper {
@@ -61,7 +64,9 @@ impl Keeper {
                             }
                         }
                     }
-                    if let Err(error) = self.patch_ca_bundle(&material.ca_cert).await {
+                    if self.leadership.is_leader()
+                        && let Err(error) = self.patch_ca_bundle(&material.ca_cert).await
+                    {
                         tracing::warn!(%error, "Failed to patch the webhook configuration's caBundle");
                     }
                 }
@@ -69,7 +74,9 @@ impl Keeper {
                     tracing::warn!(error = %error_chain(&error), "Failed to keep the webhook certificate")
                 }
             }
-            if let Err(error) = self.label_namespaces().await {
+            if self.leadership.is_leader()
+                && let Err(error) = self.label_namespaces().await
+            {
                 tracing::warn!(%error, "Failed to label namespaces for the webhook");
             }
             tokio::time::sleep(interval).await;
@@ -86,7 +93,12 @@ impl Keeper {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
         let existing = api.get_opt(CERT_SECRET).await?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        match existing.as_ref().and_then(Material::from_secret) {
+        let current = existing.as_ref().and_then(Material::from_secret);
+        if !self.leadership.is_leader() {
+            // A standby serves whatever the leader keeps, even a certificate due for renewal.
+            return current.ok_or(KeeperError::NotCreatedYet);
+        }
+        match current {
             // A certificate due later than one issued now would be (the lifetime was shortened)
             // is renewed too.
             Some(material)
@@ -239,6 +251,8 @@ pub enum KeeperError {
     Certificate(#[from] super::certs::CertError),
     #[error("Secret {CERT_SECRET} exists but does not hold the webhook's certificates; delete it")]
     Unusable,
+    #[error("the leader has not created Secret {CERT_SECRET} yet")]
+    NotCreatedYet,
 }
 
 impl From<rcgen::Error> for KeeperError {
