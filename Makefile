@@ -52,8 +52,9 @@ check-crd:
 	@cargo run --quiet -p storagegrant-controller -- crd | diff -u $(CRD) - \
 		|| { echo "$(CRD) is stale: run make crd and commit it" >&2; exit 1; }
 
-# Starts the local control plane, installs the CRDs and the RBAC, applies examples/ and runs
-# the controller in the foreground as its ServiceAccount. Ctrl-C stops the controller; the
+# Starts the local control plane, installs the CRDs, the RBAC and a webhook configuration
+# that calls 127.0.0.1:9443, applies examples/ and runs the controller in the foreground as its
+# ServiceAccount, serving the webhook. Ctrl-C stops the controller; the
 # cluster keeps running until make cluster-down.
 run: cluster-up build
 	@. "$(CLUSTER_DIR)/cluster.env" && kubectl="$$BIN_DIR/kubectl --kubeconfig $(LOCAL_KUBECONFIG)" && \
@@ -62,6 +63,8 @@ run: cluster-up build
 	$$kubectl create namespace storagegrant-system --dry-run=client -o yaml | \
 		$$kubectl apply --server-side -f - >/dev/null && \
 	$$kubectl apply --server-side -k config/rbac >/dev/null && \
+	$$kubectl apply --server-side -f config/webhook/role.yaml -f config/webhook/role_binding.yaml \
+		-f config/local/mutating_webhook_configuration.yaml >/dev/null && \
 	$$kubectl apply --server-side -f examples/00-namespace.yaml >/dev/null && \
 	$$kubectl apply --server-side -f examples/ && \
 	token=$$($$kubectl -n storagegrant-system create token storagegrant-controller --duration=24h) && \
@@ -78,7 +81,9 @@ run: cluster-up build
 	@echo "Metrics: curl http://$(METRICS_ADDRESS)/metrics"
 	@echo
 	KUBECONFIG=$(CLUSTER_DIR)/controller.kubeconfig target/debug/storagegrant-controller run \
-		--leader-elect=false --metrics-bind-address=$(METRICS_ADDRESS)
+		--leader-elect=false --metrics-bind-address=$(METRICS_ADDRESS) \
+		--webhook-url=https://127.0.0.1:9443 --webhook-bind-address=127.0.0.1:9443 \
+		--leader-election-namespace=storagegrant-system
 
 # Builds the control plane binaries unless cached, and prints their directory.
 controlplane:
