@@ -113,6 +113,17 @@ pub async fn start_with(
     extra: &[String],
 ) -> RunningController {
     install_rbac(admin).await;
+    launch(control_plane, admin, namespaces, name, extra).await
+}
+
+/// Starts a controller as the shipped ServiceAccount with whatever RBAC is installed.
+pub async fn launch(
+    control_plane: &ControlPlane,
+    admin: &Client,
+    namespaces: &[&str],
+    name: &str,
+    extra: &[String],
+) -> RunningController {
     let token = service_account_token(admin, CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT).await;
     let logs = workspace_root().join("target/e2e-logs");
     std::fs::create_dir_all(&logs).expect("log directory");

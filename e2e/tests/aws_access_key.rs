@@ -207,6 +207,23 @@ async fn grant_puts_keys_on_both_groups() {
             managers(&after)
         );
     }
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(env.admin.clone(), &env.namespace);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some("RollingRestart"))
+        .filter_map(|event| event.note)
+        .collect();
+    for group in ["TiKVGroup tikv", "TiFlashGroup tiflash"] {
+        assert!(
+            notes.iter().any(|note| note.contains(group)),
+            "no RollingRestart Event for {group}: {notes:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -153,6 +153,15 @@ async fn removed_entry_is_restored_with_event() {
     let target = &status.targets.as_ref().unwrap()[0];
     assert_eq!(target.repairs, Some(1));
     assert!(target.last_drift_time.is_some());
+    let metrics = env.controller.metrics().await;
+    for series in [
+        r#"storagegrant_drift_detected_total{kind="TiKVGroup"} 1"#,
+        r#"storagegrant_drift_repaired_total{kind="TiKVGroup"} 1"#,
+        r#"storagegrant_targets{kind="TiKVGroup",state="InSync"} 1"#,
+        r#"storagegrant_reconciles_total{result="success"}"#,
+    ] {
+        assert!(metrics.contains(series), "no {series} in {metrics}");
+    }
 }
 
 #[tokio::test]

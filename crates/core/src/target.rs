@@ -377,8 +377,8 @@ fn job_problem(
     None
 }
 
-/// Whether a group carries the grant's identity: every entry the grant would write to it is
-/// there with the grant's value, whoever wrote it.
+/// Tells whether a group carries the grant's identity: every entry the grant would write to it
+/// is there with the grant's value, written by this grant or by any other manager.
 pub fn group_carries_identity(grant: &StorageGrant, kind: TargetKind, object: &Value) -> bool {
     match desired::entries(grant, kind, object) {
         Ok(entries) => entries.iter().all(|entry| {

@@ -223,8 +223,8 @@ async fn reconcile_with_finalizer(
         Err(finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error)) => {
             Err(error)
         }
-        // The finalizer patch tests the list it read from the cache; a reconcile that ran on a
-        // cached copy older than the previous one's patch fails that test harmlessly.
+        // The finalizer patch tests the list it read from the cache. A reconcile that ran on a
+        // cached copy older than the previous reconcile's patch fails that test harmlessly.
         Err(
             finalizer::Error::AddFinalizer(kube::Error::Api(status))
             | finalizer::Error::RemoveFinalizer(kube::Error::Api(status)),

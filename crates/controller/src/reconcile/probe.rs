@@ -64,7 +64,7 @@ pub(super) async fn webhook_problem(
 enum Proof {
     Mutated,
     Unmutated,
-    /// The webhook answered, but another grant disagrees about the fields: the message.
+    /// The webhook replied, but another grant disagrees about the fields: the message.
     Contested(String),
 }
 
@@ -95,8 +95,8 @@ async fn probe(
         .await
     {
         Ok(admitted) => admitted,
-        // A named target that exists already cannot be created again, not even dry-run; the
-        // webhook only matters for objects still to come, so this proves nothing either way.
+        // A named target that exists already cannot be created again, not even as a dry run.
+        // The webhook matters only for objects still to come, so this proves nothing.
         Err(kube::Error::Api(status)) if status.code == 409 => return Ok(Proof::Mutated),
         Err(error) => return Err(error),
     };

@@ -35,7 +35,8 @@ impl Outcome {
     }
 }
 
-/// Answers one AdmissionReview. The object is always admitted; only the patch varies.
+/// Builds the response to one AdmissionReview. The object is always admitted; only the
+/// patch varies.
 pub fn review(
     stores: &Stores,
     review: AdmissionReview<DynamicObject>,
@@ -95,8 +96,8 @@ pub fn review(
     }
 }
 
-/// The entries of every grant that selects the object, without the fields two grants set to
-/// different values; those are returned as contested.
+/// Collects the entries of every grant that selects the object. Fields that two grants set to
+/// different values are left out and returned as contested.
 fn merged_entries(
     stores: &Stores,
     kind: TargetKind,
@@ -157,8 +158,8 @@ fn merged_entries(
     )
 }
 
-/// Whether a grant writes new objects: it corrects drift, and its credentials were valid when
-/// last reconciled, so the fields point at a kept Secret that exists.
+/// Tells whether a grant writes new objects. It must correct drift, and its credentials must
+/// have been valid when last reconciled, so that the fields point at a kept Secret that exists.
 fn writes_on_admission(grant: &Arc<StorageGrant>) -> bool {
     if grant.spec.drift_policy() == DriftPolicy::Report {
         return false;
