@@ -419,3 +419,174 @@ async fn disagreeing_grants_write_neither_field() {
         "a grant wrote the contested field later"
     );
 }
+
+/// Issues a CA and a serving certificate for 127.0.0.1 with openssl, as an external issuer
+/// would; returns (ca.crt, tls.crt, tls.key).
+fn issue_with_openssl() -> (String, String, String) {
+    let dir = std::env::temp_dir().join(format!("storagegrant-issuer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=external-issuer",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("san.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+    ]);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let issued = (read("ca.crt"), read("tls.crt"), read("tls.key"));
+    std::fs::remove_dir_all(&dir).unwrap();
+    issued
+}
+
+#[tokio::test]
+async fn externally_issued_certificate_is_served() {
+    let _guard = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::start("webhook-external").await;
+    let ns = Some(env.namespace.as_str());
+    env.bind_backup_manager("tidb-backup-manager").await;
+    apply(
+        &env.admin,
+        ns,
+        secret(
+            "creds",
+            &[("access_key", KEY_ID), ("secret_key", SECRET_KEY)],
+        ),
+    )
+    .await;
+    apply(
+        &env.admin,
+        ns,
+        aws_access_key_grant(
+            "g",
+            "creds",
+            json!([{"kind": "Backup", "selector": {"matchLabels": {"schedule": "nightly"}}}]),
+        ),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(env.admin.clone(), "storagegrant-system");
+    let _ = secrets
+        .delete("storagegrant-webhook-tls", &Default::default())
+        .await;
+    let (ca, cert, key) = issue_with_openssl();
+    let mut issued = secret(
+        "storagegrant-webhook-tls",
+        &[("ca.crt", &ca), ("tls.crt", &cert), ("tls.key", &key)],
+    );
+    issued["type"] = json!("kubernetes.io/tls");
+    apply(&env.admin, Some("storagegrant-system"), issued).await;
+    let port = free_port();
+    configure_webhook(&env, port).await;
+    // What cert-manager's CA injector does for the shipped configuration.
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(env.admin.clone());
+    let bundle = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &ca);
+    let inject = json_patch::Patch(
+        serde_json::from_value(
+            json!([{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": bundle}]),
+        )
+        .unwrap(),
+    );
+    configurations
+        .patch(
+            "storagegrant-controller",
+            &Default::default(),
+            &kube::api::Patch::<()>::Json(inject),
+        )
+        .await
+        .unwrap();
+    env.controller.stop();
+
+    let args = [
+        format!("--webhook-url=https://127.0.0.1:{port}"),
+        format!("--webhook-bind-address=127.0.0.1:{port}"),
+        "--webhook-cert-source=external".to_owned(),
+        "--leader-election-namespace=storagegrant-system".to_owned(),
+    ];
+    let _webhook = controller::start_with(
+        env.plane,
+        &env.admin,
+        &[&env.namespace],
+        &format!("{}-webhook", env.namespace),
+        &args,
+    )
+    .await;
+    wait_until_webhook_enabled(&env).await;
+    env.wait_for_status(
+        "g",
+        "Ready with the webhook proven",
+        has_condition("Ready", "True", "Ready"),
+    )
+    .await;
+
+    let created = create(&env.admin, ns, nightly("external-1")).await;
+
+    assert_eq!(created.data["spec"]["s3"]["secretName"], "g-storagegrant");
+    let kept = secrets
+        .get("storagegrant-webhook-tls")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert!(
+        !kept.contains_key("ca.key"),
+        "the controller rewrote an externally issued Secret"
+    );
+    assert_eq!(
+        kept.get("tls.crt").map(|value| value.0.clone()),
+        Some(cert.into_bytes())
+    );
+    secrets
+        .delete("storagegrant-webhook-tls", &Default::default())
+        .await
+        .unwrap();
+}

@@ -40,6 +40,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "90d", value_parser = parse_duration)]
     pub webhook_cert_lifetime: std::time::Duration,
 
+    /// Who keeps the webhook's certificate Secret: the controller (a CA and a serving
+    /// certificate it renews, and the caBundle it patches), or an external issuer such as
+    /// cert-manager, whose Secret the controller only reads.
+    #[arg(long, value_enum, default_value_t = CertSource::Controller)]
+    pub webhook_cert_source: CertSource,
+
     /// Watch and write only these namespaces (comma-separated); all namespaces when absent.
     #[arg(long, value_delimiter = ',')]
     pub namespaces: Vec<String>,
@@ -56,6 +62,12 @@ pub struct RunArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertSource {
+    Controller,
+    External,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

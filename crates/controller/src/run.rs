@@ -221,6 +221,7 @@ async fn start_webhook(
         stores: stores.clone(),
         scope: scope.clone(),
         leadership: leadership.clone(),
+        external: args.webhook_cert_source == crate::cli::CertSource::External,
     };
     // Every 5 s at most, so that a new grant's namespace gets the webhook label promptly; a
     // check only reads unless something must change.

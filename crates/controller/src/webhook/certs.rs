@@ -135,15 +135,18 @@ impl Material {
     }
 
     pub fn certified_key(&self) -> Result<CertifiedKey, CertError> {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(self.tls_cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|_| CertError::Pem)?;
-        let key =
-            PrivateKeyDer::from_pem_slice(self.tls_key.as_bytes()).map_err(|_| CertError::Pem)?;
-        let provider = rustls::crypto::ring::default_provider();
-        CertifiedKey::from_der(chain, key, &provider).map_err(CertError::Key)
+        certified_key(&self.tls_cert, &self.tls_key)
     }
+}
+
+/// The serving certificate and key of PEM text, as rustls serves them.
+pub fn certified_key(tls_cert: &str, tls_key: &str) -> Result<CertifiedKey, CertError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(tls_cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| CertError::Pem)?;
+    let key = PrivateKeyDer::from_pem_slice(tls_key.as_bytes()).map_err(|_| CertError::Pem)?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(CertError::Key)
 }
 
 /// Serves the current certificate to every TLS handshake; replaced in place on renewal.

@@ -37,6 +37,9 @@ pub struct Keeper {
     pub stores: Arc<Stores>,
     /// The namespaces the controller watches; `None`: all.
     pub scope: Vec<Option<String>>,
+    /// Whether an external issuer (cert-manager) keeps the Secret and the caBundle, so that
+    /// the controller only reads the serving certificate.
+    pub external: bool,
     /// Only the leader creates or renews the certificate, patches the configuration and
     /// labels namespaces; every replica loads the certificate.
     pub leadership: crate::leader::Leadership,
@@ -45,6 +48,9 @@ pub struct Keeper {
 impl Keeper {
     /// Checks everything once, then again every `interval`; never returns.
     pub async fn run(self, interval: Duration) {
+        if self.external {
+            return self.run_external(interval).await;
+        }
         let mut loaded: Option<Material> = None;
         loop {
             match self.ensure_certificate().await {
@@ -73,6 +79,56 @@ impl Keeper {
                 Err(error) => {
                     tracing::warn!(error = %error_chain(&error), "Failed to keep the webhook certificate")
                 }
+            }
+            if self.leadership.is_leader()
+                && let Err(error) = self.label_namespaces().await
+            {
+                tracing::warn!(%error, "Failed to label namespaces for the webhook");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Loads the Secret an external issuer keeps (`tls.crt`, `tls.key`) whenever it changes,
+    /// and keeps the namespace labels; the issuer renews it and injects the caBundle.
+    async fn run_external(self, interval: Duration) {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut loaded: Option<(String, String)> = None;
+        loop {
+            match api.get_opt(CERT_SECRET).await {
+                Ok(Some(secret)) => {
+                    let data = secret.data.unwrap_or_default();
+                    let text = |key: &str| {
+                        data.get(key)
+                            .and_then(|value| String::from_utf8(value.0.clone()).ok())
+                    };
+                    match (text(super::certs::TLS_CERT), text(super::certs::TLS_KEY)) {
+                        (Some(cert), Some(key))
+                            if loaded.as_ref() != Some(&(cert.clone(), key.clone())) =>
+                        {
+                            match super::certs::certified_key(&cert, &key) {
+                                Ok(certified) => {
+                                    self.current.set(certified);
+                                    tracing::info!(
+                                        "Loaded the externally issued webhook certificate"
+                                    );
+                                    loaded = Some((cert, key));
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%error, "Failed to load the externally issued webhook certificate")
+                                }
+                            }
+                        }
+                        (Some(_), Some(_)) => {}
+                        _ => tracing::warn!(
+                            "Secret {CERT_SECRET} lacks tls.crt or tls.key; waiting for the issuer"
+                        ),
+                    }
+                }
+                Ok(None) => tracing::warn!(
+                    "Secret {CERT_SECRET} does not exist yet; waiting for the issuer"
+                ),
+                Err(error) => tracing::warn!(%error, "Failed to read Secret {CERT_SECRET}"),
             }
             if self.leadership.is_leader()
                 && let Err(error) = self.label_namespaces().await
