@@ -37,7 +37,7 @@ pub struct RunArgs {
 
     /// Lifetime of the webhook's serving certificate (s, m, h or d); it is renewed after two
     /// thirds of it.
-    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    #[arg(long, default_value = "90d", value_parser = parse_cert_lifetime)]
     pub webhook_cert_lifetime: std::time::Duration,
 
     /// Who keeps the webhook's certificate Secret: the controller (a CA and a serving
@@ -76,6 +76,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// Parses a certificate lifetime: between 3 seconds (for tests of renewal) and 10 years.
+fn parse_cert_lifetime(text: &str) -> Result<std::time::Duration, String> {
+    let lifetime = parse_duration(text)?;
+    let allowed =
+        std::time::Duration::from_secs(3)..=std::time::Duration::from_secs(10 * 365 * 86_400);
+    if allowed.contains(&lifetime) {
+        Ok(lifetime)
+    } else {
+        Err(format!(
+            "invalid certificate lifetime {text:?}: it must be between 3s and 3650d"
+        ))
+    }
+}
+
 /// Parses a duration such as `30s`, `10m`, `12h` or `90d`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text
@@ -96,7 +110,10 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
             ));
         }
     };
-    Ok(std::time::Duration::from_secs(number * seconds))
+    let total = number
+        .checked_mul(seconds)
+        .ok_or_else(|| format!("invalid duration {text:?}: too long"))?;
+    Ok(std::time::Duration::from_secs(total))
 }
 
 #[cfg(test)]
@@ -115,5 +132,12 @@ mod tests {
         );
         assert!(parse_duration("90").unwrap_err().contains("unit"));
         assert!(parse_duration("d").unwrap_err().contains("number"));
+        assert!(
+            parse_duration("999999999999999999d")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(parse_cert_lifetime("1s").is_err());
+        assert!(parse_cert_lifetime("90d").is_ok());
     }
 }

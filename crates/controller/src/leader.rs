@@ -59,17 +59,26 @@ impl Elector {
     pub async fn run(&self, on_change: impl Fn(bool)) {
         let mut last_renewal: Option<Instant> = None;
         loop {
-            let held = match self.try_acquire().await {
-                Ok(held) => held,
-                Err(error) => {
-                    tracing::warn!(%error, "Failed to take or renew the leader Lease");
-                    // Keep leading only while the last renewal is still within the duration.
+            // Bounded, so that a hanging request cannot keep a leader past its Lease.
+            let attempt = tokio::time::timeout(RENEW_INTERVAL, self.try_acquire()).await;
+            let held = match attempt {
+                Ok(Ok(true)) => {
+                    last_renewal = Some(Instant::now());
+                    true
+                }
+                Ok(Ok(false)) => false,
+                failed => {
+                    match failed {
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "Failed to take or renew the leader Lease")
+                        }
+                        _ => tracing::warn!("Timed out taking or renewing the leader Lease"),
+                    }
+                    // A leader keeps leading only while its last renewal is recent enough that
+                    // no standby can have taken the Lease yet.
                     last_renewal.is_some_and(|at| at.elapsed() < LEASE_DURATION - RENEW_INTERVAL)
                 }
             };
-            if held {
-                last_renewal = Some(Instant::now());
-            }
             let was = self.leadership.0.swap(held, Ordering::SeqCst);
             match (was, held) {
                 (false, true) => {

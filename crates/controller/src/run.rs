@@ -129,6 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut context = Context::new(client, stores, metrics, recorder);
     context.webhook_enabled = webhook_enabled;
     context.leadership = leadership;
+    context.readiness = Some(readiness.clone());
     let context = Arc::new(context);
     let runs = controllers.into_iter().map(|controller| {
         controller
@@ -222,6 +223,7 @@ async fn start_webhook(
         scope: scope.clone(),
         leadership: leadership.clone(),
         external: args.webhook_cert_source == crate::cli::CertSource::External,
+        readiness: readiness.clone(),
     };
     // Every 5 s at most, so that a new grant's namespace gets the webhook label promptly; a
     // check only reads unless something must change.

@@ -71,6 +71,15 @@ impl Readiness {
         self.0.lock().expect("readiness lock").remove(name);
     }
 
+    /// The pending watch caches, leaving out other readiness items such as the webhook's
+    /// certificate.
+    pub fn pending_caches(&self) -> Vec<String> {
+        self.pending()
+            .into_iter()
+            .filter(|name| !name.starts_with("webhook"))
+            .collect()
+    }
+
     pub fn pending(&self) -> Vec<String> {
         self.0
             .lock()
@@ -432,7 +441,12 @@ pub fn watch_target_kinds(
         let api: Api<CustomResourceDefinition> = Api::all(client.clone());
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", kind.crd_name()));
-        let stream = watcher(api, config).default_backoff().applied_objects();
+        // A store only to learn when the first list is complete: until then, a kind that is
+        // installed could read as not installed.
+        let (store, writer) = reflector::store();
+        readiness.track(format!("CRD {}", kind.crd_name()), store);
+        let stream =
+            reflector::reflector(writer, watcher(api, config).default_backoff()).applied_objects();
         let (client, scope, stores, triggers, readiness) = (
             client.clone(),
             scope.clone(),

@@ -150,8 +150,15 @@ pub fn kept_state(grant: &StorageGrant, existing: Option<&Value>, desired: &Valu
     if !controlled {
         return KeptState::Taken;
     }
-    let same_data =
-        existing.get("data").unwrap_or(&Value::Null) == desired.get("data").unwrap_or(&Value::Null);
+    // Only the grant's own keys count: a key someone else added is not the grant's to remove,
+    // and comparing it would make every reconcile write.
+    let existing_data = existing.get("data").and_then(Value::as_object);
+    let same_data = desired
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| existing_data.and_then(|data| data.get(key)) == Some(value));
     let label = desired
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
@@ -257,5 +264,11 @@ mod tests {
             KeptState::Differs
         );
         assert_eq!(kept_state(&grant(), None, &desired), KeptState::Absent);
+        let mut extra_key = desired.clone();
+        extra_key["data"]["added-by-hand"] = json!("eA==");
+        assert_eq!(
+            kept_state(&grant(), Some(&extra_key), &desired),
+            KeptState::InSync
+        );
     }
 }

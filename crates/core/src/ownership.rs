@@ -56,7 +56,10 @@ fn managed_fields(object: &Value) -> Vec<ManagedFields> {
 }
 
 /// Decides how to bring `object` to hold `entries` under the field manager `manager`.
-pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
+/// `wrote_before` says the grant had the target in sync before: then a field inside an entry
+/// that an `Update` manager now owns is drift even when the grant owns nothing of the entry
+/// any more, as after a hand edit of a single value such as an annotation.
+pub fn verdict(object: &Value, entries: &[Entry], manager: &str, wrote_before: bool) -> Verdict {
     let all = managed_fields(object);
     let (ours, others): (Vec<_>, Vec<_>) = all
         .into_iter()
@@ -97,7 +100,7 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str) -> Verdict {
                 operation: other.operation.clone().unwrap_or_default(),
                 fields: leaf_fields(owned),
             };
-            if we_own_part && foreign.operation == "Update" {
+            if (we_own_part || wrote_before) && foreign.operation == "Update" {
                 drift.push(foreign);
             } else {
                 return Verdict::Conflict(foreign);
@@ -209,14 +212,17 @@ mod tests {
             json!([entry().value]),
             json!([managed(MANAGER, "Apply", our_fields())]),
         );
-        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
+        assert_eq!(
+            verdict(&target, &[entry()], MANAGER, false),
+            Verdict::InSync
+        );
     }
 
     #[test]
     fn absent_entry_is_written_without_force() {
         let target = object(json!([]), json!([]));
         assert_eq!(
-            verdict(&target, &[entry()], MANAGER),
+            verdict(&target, &[entry()], MANAGER, false),
             Verdict::Write {
                 force: false,
                 drift: vec![],
@@ -233,7 +239,7 @@ mod tests {
             json!([{"name": "A", "value": "x"}]),
             json!([managed("kubectl-edit", "Update", theirs)]),
         );
-        let Verdict::Conflict(foreign) = verdict(&target, &[entry()], MANAGER) else {
+        let Verdict::Conflict(foreign) = verdict(&target, &[entry()], MANAGER, false) else {
             panic!("expected a conflict");
         };
         assert_eq!(foreign.manager, "kubectl-edit");
@@ -253,8 +259,29 @@ mod tests {
                 managed("kubectl-edit", "Update", theirs)
             ]),
         );
-        let Verdict::Write { force, drift, .. } = verdict(&target, &[entry()], MANAGER) else {
+        let Verdict::Write { force, drift, .. } = verdict(&target, &[entry()], MANAGER, false)
+        else {
             panic!("expected a write");
+        };
+        assert!(force);
+        assert_eq!(drift[0].manager, "kubectl-edit");
+    }
+
+    #[test]
+    fn hand_edit_of_single_value_written_before_is_drift() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {".": {}, "f:name": {}, "f:valueFrom": {}}}}}}});
+        let target = object(
+            json!([{"name": "A", "value": "x"}]),
+            json!([managed("kubectl-edit", "Update", theirs)]),
+        );
+        assert!(matches!(
+            verdict(&target, &[entry()], MANAGER, false),
+            Verdict::Conflict(_)
+        ));
+        let Verdict::Write { force, drift, .. } = verdict(&target, &[entry()], MANAGER, true)
+        else {
+            panic!("expected a forced write");
         };
         assert!(force);
         assert_eq!(drift[0].manager, "kubectl-edit");
@@ -272,7 +299,7 @@ mod tests {
             ]),
         );
         assert!(matches!(
-            verdict(&target, &[entry()], MANAGER),
+            verdict(&target, &[entry()], MANAGER, false),
             Verdict::Conflict(_)
         ));
     }
@@ -287,7 +314,7 @@ mod tests {
             json!([managed(MANAGER, "Apply", fields)]),
         );
         assert!(matches!(
-            verdict(&target, &[entry()], MANAGER),
+            verdict(&target, &[entry()], MANAGER, false),
             Verdict::Write { force: false, .. }
         ));
     }
@@ -301,7 +328,10 @@ mod tests {
             json!([entry().value]),
             json!([managed(MANAGER, "Apply", fields)]),
         );
-        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
+        assert_eq!(
+            verdict(&target, &[entry()], MANAGER, false),
+            Verdict::InSync
+        );
     }
 
     #[test]
@@ -315,6 +345,9 @@ mod tests {
                 managed(MANAGER, "Apply", our_fields())
             ]),
         );
-        assert_eq!(verdict(&target, &[entry()], MANAGER), Verdict::InSync);
+        assert_eq!(
+            verdict(&target, &[entry()], MANAGER, false),
+            Verdict::InSync
+        );
     }
 }

@@ -43,6 +43,7 @@ pub fn compute(
     now: &str,
 ) -> StorageGrantStatus {
     let mut targets = observed.targets.clone();
+    let summary_of_all = summary(&targets);
     targets.sort_by(|left, right| (left.kind, &left.name).cmp(&(right.kind, &right.name)));
 
     let credentials = credentials_condition(observed);
@@ -77,8 +78,8 @@ pub fn compute(
         observed_generation: observed.generation,
         field_manager: Some(observed.field_manager.clone()),
         conditions: Some(conditions),
-        target_summary: Some(summary(&targets)),
-        targets: Some(targets),
+        target_summary: Some(summary_of_all),
+        targets: Some(bounded(targets)),
     }
 }
 
@@ -304,6 +305,25 @@ fn reconciling_condition(
     )
 }
 
+/// How many finished Backups and Restores `status.targets` lists; the rest are only counted.
+const FINISHED_LISTED: usize = 10;
+/// The most entries `status.targets` holds, below the CRD's `maxItems` of 256.
+const TARGETS_LISTED: usize = 250;
+
+/// The targets to list: every unfinished one (up to the limit) and the last few finished ones,
+/// taken by name in descending order, since TiDB Operator names scheduled jobs by time.
+fn bounded(targets: Vec<TargetOutcome>) -> Vec<TargetOutcome> {
+    let (finished, mut listed): (Vec<_>, Vec<_>) = targets
+        .into_iter()
+        .partition(|target| target.state == TargetState::Finished);
+    let mut finished = finished;
+    finished.sort_by(|left, right| right.name.cmp(&left.name));
+    listed.truncate(TARGETS_LISTED - FINISHED_LISTED);
+    listed.extend(finished.into_iter().take(FINISHED_LISTED));
+    listed.sort_by(|left, right| (left.kind, &left.name).cmp(&(right.kind, &right.name)));
+    listed
+}
+
 fn summary(targets: &[TargetOutcome]) -> TargetSummary {
     let count = |state| {
         targets
@@ -472,6 +492,20 @@ mod tests {
             status_of(&status, RECONCILING),
             (ConditionStatus::True, "Progressing".into())
         );
+    }
+
+    #[test]
+    fn finished_targets_beyond_last_few_are_only_counted() {
+        let mut targets: Vec<TargetOutcome> = (0..30)
+            .map(|index| target(&format!("backup-{index:02}"), TargetState::Finished))
+            .collect();
+        targets.push(target("running", TargetState::InSync));
+        let status = compute(None, &observed(targets), "t0");
+        let listed = status.targets.unwrap();
+        assert_eq!(listed.len(), FINISHED_LISTED + 1);
+        assert!(listed.iter().any(|target| target.name == "backup-29"));
+        assert!(!listed.iter().any(|target| target.name == "backup-00"));
+        assert_eq!(status.target_summary.unwrap().finished, 30);
     }
 
     #[test]

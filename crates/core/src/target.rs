@@ -60,6 +60,9 @@ pub struct Facts {
     pub br_account_lacking: Option<String>,
     /// For an Azure grant: the storage account of the source Secret.
     pub azure_account: Option<String>,
+    /// Whether the grant's last status had the target in sync, so that the grant wrote its
+    /// fields and a hand edit of them is drift.
+    pub wrote_before: bool,
 }
 
 /// Plans the grant on an existing target `object` of `kind`.
@@ -95,11 +98,11 @@ pub fn plan(grant: &StorageGrant, kind: TargetKind, object: &Value, facts: &Fact
         if let Some((reason, message)) = blocking_job_problem(object) {
             return stop(TargetState::Invalid, reason, message);
         }
-        if facts.cluster_has_identity {
-            entries.push(desired::send_cred_to_tikv_off());
-        }
         if let Some(phase) = started_phase(object) {
             return started_job(grant, kind, object, &entries, phase, &outcome);
+        }
+        if facts.cluster_has_identity {
+            entries.push(desired::send_cred_to_tikv_off());
         }
     }
 
@@ -130,7 +133,7 @@ fn plan_write(
         apply: None,
     };
     let manager = names::field_manager(grant.metadata.name.as_deref().unwrap_or_default());
-    match verdict(object, entries, &manager) {
+    match verdict(object, entries, &manager, facts.wrote_before) {
         Verdict::InSync => TargetPlan {
             outcome: outcome(TargetState::InSync, None, None),
             apply: None,
@@ -241,10 +244,17 @@ fn started_job(
             apply: None,
         };
     }
+    // The claim covers the credential entries and, when present, sendCredToTikv; it never adds
+    // a field to a started job.
+    let mut claimed = entries.to_vec();
+    let send_off = desired::send_cred_to_tikv_off();
+    if lookup(object, &send_off.path) == Some(&send_off.value) {
+        claimed.push(send_off);
+    }
     let manager = names::field_manager(grant.metadata.name.as_deref().unwrap_or_default());
-    let apply = match verdict(object, entries, &manager) {
+    let apply = match verdict(object, &claimed, &manager, false) {
         Verdict::Write { force: false, .. } => Some(Apply {
-            body: apply_body(base(kind, object), entries),
+            body: apply_body(base(kind, object), &claimed),
             force: false,
             drift: Vec::new(),
             absent: Vec::new(),
@@ -283,7 +293,7 @@ pub struct ContestedRecord {
 }
 
 /// A Backup or Restore of a cluster in another namespace is reported, not guessed at.
-fn blocking_job_problem(object: &Value) -> Option<(&'static str, String)> {
+pub fn blocking_job_problem(object: &Value) -> Option<(&'static str, String)> {
     let namespace = object
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)

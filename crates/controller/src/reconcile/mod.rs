@@ -54,6 +54,12 @@ pub struct Context {
     /// Whether this controller serves the admission webhook, so that grants selecting
     /// Backups or Restores must prove it before they read Ready.
     pub webhook_enabled: bool,
+    /// Writes the server rejected (HTTP 422), by target (uid, resourceVersion), with the message.
+    rejected: Mutex<HashMap<(String, String), String>>,
+    /// Targets (by uid) that got the Warning before their first pod spec write.
+    warned_restart: Mutex<std::collections::HashSet<String>>,
+    /// Watch caches still syncing; nothing is decided on a cache that is not complete yet.
+    pub readiness: Option<crate::watch::Readiness>,
     /// Grants (uid, generation) whose webhook dry-run came back mutated.
     proven: Mutex<std::collections::HashSet<(String, i64)>>,
 }
@@ -73,6 +79,9 @@ impl Context {
             leadership: crate::leader::Leadership::always(),
             webhook_enabled: false,
             proven: Mutex::default(),
+            rejected: Mutex::default(),
+            warned_restart: Mutex::default(),
+            readiness: None,
         }
     }
 }
@@ -151,6 +160,15 @@ pub async fn reconcile(grant: Arc<StorageGrant>, context: Arc<Context>) -> Resul
         // A standby keeps its caches warm and writes nothing; it reconciles every grant once
         // it becomes the leader.
         return Ok(Action::await_change());
+    }
+    // A cache that has not finished its first list would read as objects that do not exist:
+    // a release would miss targets and a kept object would look free to take.
+    if context
+        .readiness
+        .as_ref()
+        .is_some_and(|readiness| !readiness.pending_caches().is_empty())
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", grant = %grant.name_any(), namespace = grant.namespace().unwrap_or_default());

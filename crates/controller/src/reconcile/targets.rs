@@ -62,9 +62,12 @@ pub(super) async fn reconcile(
         if body.get("apiVersion").is_none() {
             body["apiVersion"] = json!(format!("{}/{}", kind.group(), kind.version()));
         }
-        let facts = facts(grant, *kind, &body, inputs, context).await?;
-        let plan = target::plan(grant, *kind, &body, &facts);
         let previous = previous_status(grant, *kind, name);
+        let mut facts = facts(grant, *kind, &body, inputs, context).await?;
+        facts.wrote_before = previous
+            .as_ref()
+            .is_some_and(|previous| previous.state == TargetState::InSync);
+        let plan = target::plan(grant, *kind, &body, &facts);
         let mut outcome = match plan.apply {
             None => plan.outcome,
             Some(_) if !inputs.kept_ready => waiting_for_kept_objects(*kind, name),
@@ -91,10 +94,13 @@ pub(super) async fn reconcile(
         if kind.is_group() {
             outcome.rollout = Some(rollout(&body));
         }
-        settled &= matches!(
-            outcome.state,
-            TargetState::InSync | TargetState::Finished | TargetState::Late | TargetState::Invalid
-        );
+        // An Invalid group may still hold the old method's fields, so it keeps the old kept
+        // objects alive; an Invalid job is never written at all.
+        settled &= match outcome.state {
+            TargetState::InSync | TargetState::Finished | TargetState::Late => true,
+            TargetState::Invalid => !kind.is_group(),
+            _ => false,
+        };
         outcomes.push(outcome);
     }
 
@@ -182,7 +188,7 @@ async fn write_or_repair(
         if previous.and_then(|previous| previous.reason.as_deref()) != Some("RepairLoop") {
             context.metrics.repair_loops.get_or_create(&labels).inc();
             let note = format!(
-                "{kind} {name} drifted {recent} times in ten minutes ({field}, {changed_by}); repairs stop until the grant changes or ten minutes pass without drift"
+                "{kind} {name} drifted {recent} times in ten minutes ({field}, {changed_by}); repairs stop until the grant changes or the oldest of these repairs is ten minutes old"
             );
             progress.events.push(warning("RepairLoop", note));
         }
@@ -196,7 +202,13 @@ async fn write_or_repair(
             Some("RepairLoop"),
             Some(message),
         );
-        looping.last_drift_time = Some(now());
+        let already_looping =
+            previous.and_then(|previous| previous.reason.as_deref()) == Some("RepairLoop");
+        looping.last_drift_time =
+            match previous.and_then(|previous| previous.last_drift_time.clone()) {
+                Some(time) if already_looping => Some(time),
+                _ => Some(now()),
+            };
         return Ok(looping);
     }
 
@@ -443,7 +455,39 @@ async fn write(
         .body
         .pointer("/spec/template/spec/overlay/pod/spec")
         .is_some();
-    if kind.is_group() && writes_pod_spec && !owns_pod_spec(object, &manager) {
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let version = object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(message) = context
+        .rejected
+        .lock()
+        .expect("rejected writes lock")
+        .get(&(uid.clone(), version.clone()))
+    {
+        // The server rejected this same write to this same version of the target already.
+        return Ok(TargetStatus::new(
+            kind,
+            name,
+            TargetState::Invalid,
+            Some("RejectedByServer"),
+            Some(message.clone()),
+        ));
+    }
+    let first_spec_write = kind.is_group() && writes_pod_spec && !owns_pod_spec(object, &manager);
+    if first_spec_write
+        && context
+            .warned_restart
+            .lock()
+            .expect("restart warnings lock")
+            .insert(uid.clone())
+    {
         let note = format!(
             "writing the grant to {kind} {name} changes its pod spec, so TiDB Operator recreates every pod of the group one by one"
         );
@@ -506,8 +550,14 @@ async fn write(
         }
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(target::missing(kind, name)),
         Err(kube::Error::Api(status)) if status.code == 422 => {
-            // The target's schema rejected the fields; writing again would fail the same way.
+            // The target's schema rejected the fields; writing again to the same version would
+            // fail the same way, so it is not retried until the target changes.
             tracing::warn!(%kind, target = %name, message = %status.message, "Target rejected the grant's fields");
+            context
+                .rejected
+                .lock()
+                .expect("rejected writes lock")
+                .insert((uid, version), truncate(&status.message, 1000));
             Ok(TargetStatus {
                 kind,
                 name: name.to_owned(),

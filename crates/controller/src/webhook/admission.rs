@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde_json::Value;
 use storagegrant_api::{ConditionStatus, DriftPolicy, StorageGrant, TargetKind, names};
-use storagegrant_core::fieldset::{Entry, apply_body, display_path};
+use storagegrant_core::fieldset::{Entry, apply_body, contains, display_path, lookup};
 use storagegrant_core::selection::grant_selects;
 use storagegrant_core::target::ContestedRecord;
 use storagegrant_core::{desired, status};
@@ -118,9 +118,16 @@ fn merged_entries(
         if !writes_on_admission(&grant) || !grant_selects(&grant, kind, name, &labels, body) {
             continue;
         }
+        if storagegrant_core::target::blocking_job_problem(body).is_some() {
+            continue;
+        }
         let Ok(mut entries) = desired::entries(&grant, kind, body) else {
             continue;
         };
+        // A value the creator set is left to the creator; the reconciler reports it.
+        entries.retain(|entry| {
+            lookup(body, &entry.path).is_none_or(|live| contains(live, &entry.value))
+        });
         let cluster = body
             .pointer("/spec/br/cluster")
             .and_then(Value::as_str)
@@ -164,9 +171,11 @@ fn writes_on_admission(grant: &Arc<StorageGrant>) -> bool {
     if grant.spec.drift_policy() == DriftPolicy::Report {
         return false;
     }
-    grant
-        .status
-        .as_ref()
-        .and_then(|status| status::condition(status, status::CREDENTIALS_VALID))
-        .is_some_and(|condition| condition.status == ConditionStatus::True)
+    let Some(status) = grant.status.as_ref() else {
+        return false;
+    };
+    // A status of an older generation may describe another method and another kept object.
+    status.observed_generation == grant.metadata.generation
+        && status::condition(status, status::CREDENTIALS_VALID)
+            .is_some_and(|condition| condition.status == ConditionStatus::True)
 }

@@ -43,6 +43,9 @@ pub struct Keeper {
     /// Only the leader creates or renews the certificate, patches the configuration and
     /// labels namespaces; every replica loads the certificate.
     pub leadership: crate::leader::Leadership,
+    /// Namespaces are labelled only from complete caches: an empty grant cache would remove
+    /// every label.
+    pub readiness: crate::watch::Readiness,
 }
 
 impl Keeper {
@@ -249,6 +252,9 @@ impl Keeper {
     /// Adds the label to namespaces with a grant that selects Backups or Restores, and removes
     /// it from the others. Only namespaces in the controller's scope are touched.
     async fn label_namespaces(&self) -> Result<(), kube::Error> {
+        if !self.readiness.pending_caches().is_empty() {
+            return Ok(());
+        }
         let wanted: BTreeSet<String> =
             self.stores
                 .grants
