@@ -39,9 +39,11 @@ pub(super) async fn write_status(
         tracing::debug!("Status unchanged");
         return Ok(());
     }
-    progress
-        .events
-        .extend(transition_events(grant.status.as_ref(), &status));
+    progress.events.extend(transition_events(
+        &grant.namespace().unwrap_or_default(),
+        grant.status.as_ref(),
+        &status,
+    ));
     let api: Api<StorageGrant> = Api::namespaced(
         context.client.clone(),
         &grant.namespace().unwrap_or_default(),
@@ -61,6 +63,7 @@ pub(super) async fn write_status(
 
 /// Warning Events for targets and credentials that turned bad since the previous status.
 fn transition_events(
+    namespace: &str,
     previous: Option<&StorageGrantStatus>,
     current: &StorageGrantStatus,
 ) -> Vec<Event> {
@@ -91,7 +94,11 @@ fn transition_events(
                 reason,
                 note: Some(truncate(&note, 1000)),
                 action: "Reconcile".into(),
-                secondary: None,
+                secondary: Some(super::targets::target_reference(
+                    target.kind,
+                    namespace,
+                    &target.name,
+                )),
             });
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authorization::v1::LocalSubjectAccessReview;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
@@ -190,7 +191,8 @@ async fn write_or_repair(
             let note = format!(
                 "{kind} {name} drifted {recent} times in ten minutes ({field}, {changed_by}); repairs stop until the grant changes or the oldest of these repairs is ten minutes old"
             );
-            progress.events.push(warning("RepairLoop", note));
+            let target = target_reference(kind, &grant.namespace().unwrap_or_default(), &name);
+            progress.events.push(warning("RepairLoop", note, target));
         }
         let message = format!(
             "repaired {recent} times in ten minutes, so not written again, because each write restarts the group's pods; last drift: {field}, {changed_by}"
@@ -236,7 +238,11 @@ async fn write_or_repair(
             reason: "DriftRepaired".into(),
             note: Some(note),
             action: "Repair".into(),
-            secondary: None,
+            secondary: Some(target_reference(
+                kind,
+                &grant.namespace().unwrap_or_default(),
+                &name,
+            )),
         });
     }
     Ok(outcome)
@@ -260,13 +266,25 @@ fn drift_cause(apply: &Apply) -> (String, String) {
     (field, changed_by)
 }
 
-fn warning(reason: &str, note: String) -> Event {
+fn warning(reason: &str, note: String, target: ObjectReference) -> Event {
     Event {
         type_: EventType::Warning,
         reason: reason.into(),
         note: Some(truncate(&note, 1000)),
         action: "Reconcile".into(),
-        secondary: None,
+        secondary: Some(target),
+    }
+}
+
+/// The target an Event is about, as its related object. Events of one reason about different
+/// targets then stay separate, where the recorder would otherwise merge them into one series.
+pub(super) fn target_reference(kind: TargetKind, namespace: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", kind.group(), kind.version())),
+        kind: Some(kind.as_str().to_owned()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        ..ObjectReference::default()
     }
 }
 
@@ -491,7 +509,13 @@ async fn write(
         let note = format!(
             "writing the grant to {kind} {name} changes its pod spec, so TiDB Operator recreates every pod of the group one by one"
         );
-        super::report::publish_events(grant, context, vec![warning("RollingRestart", note)]).await;
+        let target = target_reference(kind, &grant.namespace().unwrap_or_default(), name);
+        super::report::publish_events(
+            grant,
+            context,
+            vec![warning("RollingRestart", note, target)],
+        )
+        .await;
     }
     let namespace = grant.namespace().unwrap_or_default();
     let api: Api<DynamicObject> =
@@ -520,7 +544,7 @@ async fn write(
                 reason: reason.into(),
                 note: Some(note),
                 action: "Apply".into(),
-                secondary: None,
+                secondary: Some(target_reference(kind, &namespace, name)),
             });
             Ok(outcome)
         }
