@@ -91,16 +91,36 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str, wrote_before: b
             else {
                 continue;
             };
+            let present =
+                lookup(object, &entry.path).is_some_and(|live| contains(live, &entry.value));
+            // Owning only the element itself or its key (an env entry's name) is harmless
+            // co-ownership of a list-map element.
+            let leaves: Vec<String> = leaf_fields(owned)
+                .into_iter()
+                .filter(|leaf| !is_key_leaf(leaf, entry))
+                .collect();
+            if leaves.is_empty() {
+                continue;
+            }
+            let manager = other
+                .manager
+                .clone()
+                .unwrap_or_else(|| "(unnamed)".to_owned());
+            // Another grant that applied the same value shares the field, as server-side
+            // apply allows; only a different value is a conflict between grants.
+            if manager.starts_with("storagegrant.dev/") && present {
+                continue;
+            }
             let foreign = ForeignField {
                 entry: entry.label.clone(),
-                manager: other
-                    .manager
-                    .clone()
-                    .unwrap_or_else(|| "(unnamed)".to_owned()),
+                manager,
                 operation: other.operation.clone().unwrap_or_default(),
-                fields: leaf_fields(owned),
+                fields: leaves.clone(),
             };
-            if (we_own_part || wrote_before) && foreign.operation == "Update" {
+            // A field outside the grant's value (a hand-set `value` beside its `valueFrom`)
+            // cannot be removed by the grant's apply, so the target is a conflict.
+            let within_value = leaves.iter().all(|leaf| covered(leaf, &entry.value));
+            if (we_own_part || wrote_before) && foreign.operation == "Update" && within_value {
                 drift.push(foreign);
             } else {
                 return Verdict::Conflict(foreign);
@@ -121,6 +141,32 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str, wrote_before: b
         };
     }
     Verdict::InSync
+}
+
+/// Whether a leaf of `fieldsV1`, relative to an entry, is the entry itself or one of its key
+/// fields.
+fn is_key_leaf(leaf: &str, entry: &Entry) -> bool {
+    match entry.path.last() {
+        Some(crate::fieldset::Step::Key(key)) => leaf == "." || key.contains_key(leaf),
+        // For a field such as an annotation, "." is the field's own value.
+        _ => false,
+    }
+}
+
+/// Whether a leaf of `fieldsV1`, relative to an entry, lies within the grant's value of the
+/// entry: the same field, a field below it, or an atomic map above it.
+fn covered(leaf: &str, value: &Value) -> bool {
+    if leaf == "." {
+        return true;
+    }
+    let mut node = value;
+    for (index, field) in leaf.split('.').enumerate() {
+        match node.get(field) {
+            Some(child) => node = child,
+            None => return index > 0 && !node.is_object(),
+        }
+    }
+    true
 }
 
 /// Whether the grant's applied field set is exactly the set that `entries` need, so that an
@@ -243,7 +289,7 @@ mod tests {
             panic!("expected a conflict");
         };
         assert_eq!(foreign.manager, "kubectl-edit");
-        assert_eq!(foreign.fields, ["name", "value"]);
+        assert_eq!(foreign.fields, ["value"]);
     }
 
     #[test]
@@ -285,6 +331,52 @@ mod tests {
         };
         assert!(force);
         assert_eq!(drift[0].manager, "kubectl-edit");
+    }
+
+    #[test]
+    fn hand_added_value_beside_written_value_from_is_conflict() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {"f:value": {}}}}}}});
+        let mut live = entry().value;
+        live["value"] = json!("x");
+        let target = object(
+            json!([live]),
+            json!([
+                managed(MANAGER, "Apply", our_fields()),
+                managed("kubectl-patch", "Update", theirs)
+            ]),
+        );
+        let Verdict::Conflict(foreign) = verdict(&target, &[entry()], MANAGER, true) else {
+            panic!("expected a conflict");
+        };
+        assert_eq!(foreign.fields, ["value"]);
+    }
+
+    #[test]
+    fn grants_agreeing_on_value_share_it() {
+        let other_grant = managed("storagegrant.dev/other", "Apply", our_fields());
+        let target = object(
+            json!([entry().value]),
+            json!([managed(MANAGER, "Apply", our_fields()), other_grant]),
+        );
+        assert_eq!(
+            verdict(&target, &[entry()], MANAGER, false),
+            Verdict::InSync
+        );
+    }
+
+    #[test]
+    fn key_only_ownership_is_ignored() {
+        let theirs = json!({"f:spec": {"f:containers": {"k:{\"name\":\"tikv\"}": {"f:env": {
+            "k:{\"name\":\"A\"}": {".": {}, "f:name": {}}}}}}});
+        let target = object(
+            json!([entry().value]),
+            json!([
+                managed(MANAGER, "Apply", our_fields()),
+                managed("kubectl-patch", "Update", theirs)
+            ]),
+        );
+        assert_eq!(verdict(&target, &[entry()], MANAGER, true), Verdict::InSync);
     }
 
     #[test]

@@ -130,14 +130,14 @@ fn targets_condition(observed: &Observed<'_>, targets: &[TargetOutcome]) -> Part
         (
             TargetState::Conflict,
             "TargetConflict",
-            "another field manager owns fields the grant must write",
+            "have fields that another field manager owns",
         ),
         (
             TargetState::Invalid,
             "TargetInvalid",
-            "the target cannot take the grant",
+            "cannot take the grant",
         ),
-        (TargetState::Missing, "TargetMissing", "not found"),
+        (TargetState::Missing, "TargetMissing", "were not found"),
         (
             TargetState::Late,
             "TargetLate",
@@ -146,7 +146,7 @@ fn targets_condition(observed: &Observed<'_>, targets: &[TargetOutcome]) -> Part
         (
             TargetState::Drifted,
             "TargetDrifted",
-            "does not carry the grant's fields",
+            "do not carry the grant's fields",
         ),
     ];
     for (state, reason, summary) in ordered {

@@ -242,11 +242,12 @@ async fn reconcile_with_finalizer(
             Err(error)
         }
         // The finalizer patch tests the list it read from the cache. A reconcile that ran on a
-        // cached copy older than the previous reconcile's patch fails that test harmlessly.
+        // cached copy older than the previous reconcile's patch fails that test harmlessly, and
+        // so does the removal from a grant that is already gone.
         Err(
             finalizer::Error::AddFinalizer(kube::Error::Api(status))
             | finalizer::Error::RemoveFinalizer(kube::Error::Api(status)),
-        ) if status.code == 409 || status.code == 422 => {
+        ) if status.code == 404 || status.code == 409 || status.code == 422 => {
             tracing::debug!(message = %status.message, "Finalizer patch raced a newer version; retrying");
             Ok(Action::requeue(Duration::from_millis(500)))
         }

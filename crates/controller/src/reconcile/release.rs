@@ -15,7 +15,7 @@ use storagegrant_api::{StorageGrant, TargetKind, names};
 use storagegrant_core::kept::controlled_by;
 use storagegrant_core::target;
 
-use super::cleanup::{delete_kept, referenced_by_jobs, secret_names};
+use super::cleanup::{delete_kept, secret_names};
 use super::credentials::metadata_json;
 use super::{Context, Error, Progress};
 use crate::watch::api_resource;
@@ -116,7 +116,7 @@ pub(super) async fn release_all(
             .is_some_and(|existing| controlled_by(&grant, &existing))
     {
         let api: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-        if referenced_by_jobs(context, &namespace, |spec| {
+        if referenced_by_started_jobs(context, &namespace, |spec| {
             secret_names(spec).contains(&secret.as_str())
         }) {
             orphan(&api, "Secret", &secret, &grant, context).await?;
@@ -140,7 +140,7 @@ pub(super) async fn release_all(
             continue;
         };
         if controlled_by(&grant, &existing) {
-            if referenced_by_jobs(context, &namespace, |spec| {
+            if referenced_by_started_jobs(context, &namespace, |spec| {
                 spec.get("serviceAccount").and_then(Value::as_str) == Some(name.as_str())
             }) {
                 orphan(&accounts, "ServiceAccount", &name, &grant, context).await?;
@@ -155,10 +155,11 @@ pub(super) async fn release_all(
                 )
                 .await?;
             }
-        } else if account
-            .managed_fields()
-            .iter()
-            .any(|entry| entry.manager.as_deref() == Some(manager.as_str()))
+        } else if !created_by_grant(&account.metadata, &grant)
+            && account
+                .managed_fields()
+                .iter()
+                .any(|entry| entry.manager.as_deref() == Some(manager.as_str()))
         {
             let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "uid": account.uid()}});
             match accounts
@@ -182,6 +183,37 @@ pub(super) async fn release_all(
         .record_grant(&namespace, &grant.name_any(), None);
     tracing::info!("Released the grant; removing its finalizer");
     Ok(Action::await_change())
+}
+
+/// Whether the grant created the object (its label names the grant): an orphaned one it keeps
+/// for started jobs is not an adopted one whose annotation goes.
+fn created_by_grant(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    grant: &StorageGrant,
+) -> bool {
+    metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(names::GRANT_LABEL))
+        == Some(&names::grant_label_value(&grant.name_any()))
+}
+
+/// Whether a started Backup or Restore has a spec for which `refers` is true. Unstarted ones
+/// were just released, and the cache may not show that yet.
+fn referenced_by_started_jobs(
+    context: &Context,
+    namespace: &str,
+    refers: impl Fn(&Value) -> bool,
+) -> bool {
+    [TargetKind::Backup, TargetKind::Restore]
+        .into_iter()
+        .any(|kind| {
+            context
+                .stores
+                .targets_in(kind, namespace)
+                .iter()
+                .any(|job| started(job) && job.data.get("spec").is_some_and(&refers))
+        })
 }
 
 /// Drops the grant's ownerReference from a kept object that Backups still need, so that the

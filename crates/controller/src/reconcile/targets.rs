@@ -24,7 +24,7 @@ use crate::watch::api_resource;
 const DEFAULT_BR_ACCOUNT: &str = "tidb-backup-manager";
 
 /// How long a permission check of a BR ServiceAccount is reused.
-const ACCESS_REVIEW_TTL: Duration = Duration::from_secs(300);
+const ACCESS_REVIEW_TTL: Duration = Duration::from_secs(60);
 
 /// What the target step returns for the status.
 pub(super) struct Targets {
@@ -166,7 +166,18 @@ async fn write_or_repair(
     });
     let repair = (same_spec && was_in_sync) || !apply.drift.is_empty();
     if !repair {
-        return write(grant, kind, object, apply, outcome, context, progress).await;
+        let outcome = write(grant, kind, object, apply, outcome, context, progress).await?;
+        if outcome.state == TargetState::InSync {
+            let namespace = grant.namespace().unwrap_or_default();
+            progress.events.push(Event {
+                type_: EventType::Normal,
+                reason: "Applied".into(),
+                note: Some(format!("wrote the grant's fields to {kind} {name}")),
+                action: "Apply".into(),
+                secondary: Some(target_reference(kind, &namespace, &name)),
+            });
+        }
+        return Ok(outcome);
     }
 
     let labels = KindLabels {
@@ -527,25 +538,6 @@ async fn write(
             context.metrics.count_write(kind.as_str());
             progress.wrote = true;
             tracing::info!(%kind, target = %name, force = apply.force, "Applied grant to target");
-            let note = match apply.drift.first() {
-                Some(foreign) => format!(
-                    "repaired {} on {kind} {name}, changed by {} ({})",
-                    foreign.entry, foreign.manager, foreign.operation
-                ),
-                None => format!("wrote the grant's fields to {kind} {name}"),
-            };
-            let reason = if apply.drift.is_empty() {
-                "Applied"
-            } else {
-                "DriftRepaired"
-            };
-            progress.events.push(Event {
-                type_: EventType::Normal,
-                reason: reason.into(),
-                note: Some(note),
-                action: "Apply".into(),
-                secondary: Some(target_reference(kind, &namespace, name)),
-            });
             Ok(outcome)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
