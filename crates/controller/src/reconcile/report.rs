@@ -57,7 +57,10 @@ pub(super) async fn write_status(
     .await
     .map_err(|source| Error::WriteStatus { source })?;
     context.metrics.count_write("StorageGrant/status");
-    tracing::info!(ready = ?status::condition(&status, status::READY).map(|condition| condition.status), "Updated status");
+    let ready = status::condition(&status, status::READY)
+        .map(|condition| format!("{:?}", condition.status))
+        .unwrap_or_default();
+    tracing::info!(%ready, "Updated status");
     Ok(())
 }
 
