@@ -50,10 +50,13 @@ pub fn grant_label_value(grant: &str) -> String {
     bounded(grant, LABEL_VALUE_MAX)
 }
 
-/// The pod volume name of the GCP key; never starts with `ti-`, the operator's prefix.
+/// The pod volume name of the GCP key: a DNS-1123 label, so a dot of the grant's name becomes
+/// a dash (the hash of a shortened name keeps two grants apart). It never starts with `ti-`,
+/// the operator's prefix.
 pub fn gcp_volume(grant: &str) -> String {
     const PREFIX: &str = "storagegrant-";
-    format!("{PREFIX}{}", bounded(grant, LABEL_VALUE_MAX - PREFIX.len()))
+    let name = bounded(grant, LABEL_VALUE_MAX - PREFIX.len()).replace('.', "-");
+    format!("{PREFIX}{name}")
 }
 
 /// The directory where the GCP key of this grant is mounted.
@@ -104,10 +107,16 @@ mod tests {
     }
 
     #[test]
-    fn shortened_names_end_with_alphanumerics() {
-        let grant = format!("{}-{}", "a".repeat(51), "b".repeat(40));
+    fn shortened_names_drop_trailing_separator() {
+        // The cut falls right after the dot, which must not stay before the hash's dash.
+        let grant = format!("{}.{}", "a".repeat(51), "b".repeat(40));
         let value = grant_label_value(&grant);
-        assert!(!value.contains("--"), "{value}");
-        assert!(value.chars().last().unwrap().is_ascii_alphanumeric());
+        assert!(!value.contains(".-"), "{value}");
+        assert!(value.starts_with(&"a".repeat(51)), "{value}");
+    }
+
+    #[test]
+    fn gcp_volume_is_dns_label() {
+        assert_eq!(gcp_volume("gcs.prod"), "storagegrant-gcs-prod");
     }
 }

@@ -71,7 +71,7 @@ impl Readiness {
         self.0.lock().expect("readiness lock").remove(name);
     }
 
-    /// The pending watch caches, leaving out other readiness items such as the webhook's
+    /// Lists the pending watch caches, leaving out other readiness items such as the webhook's
     /// certificate.
     pub fn pending_caches(&self) -> Vec<String> {
         self.pending()
@@ -145,7 +145,7 @@ impl Stores {
             .collect()
     }
 
-    /// Whether the kind's CRD is established and its objects are being watched.
+    /// Tells whether the kind's CRD is established and its objects are being watched.
     pub fn is_watched(&self, kind: TargetKind) -> bool {
         self.targets
             .read()

@@ -32,7 +32,7 @@ fn storage_block(provider: Provider) -> &'static str {
     }
 }
 
-/// The entries the grant writes on `object`, a target of `kind`.
+/// Lists the entries the grant writes on `object`, a target of `kind`.
 pub fn entries(
     grant: &StorageGrant,
     kind: TargetKind,
@@ -211,7 +211,8 @@ fn job_entries(
     Ok(entries)
 }
 
-/// The entry that sets `spec.br.sendCredToTikv: false`, for when TiKV holds the identity itself.
+/// Builds the entry that sets `spec.br.sendCredToTikv: false`, for when TiKV carries the
+/// identity itself.
 pub fn send_cred_to_tikv_off() -> Entry {
     scalar(&["spec", "br", "sendCredToTikv"], json!(false))
 }

@@ -86,7 +86,7 @@ pub fn display_path(path: &[Step]) -> String {
     out
 }
 
-/// Builds the body of a server-side apply that holds exactly `entries`, on top of `base`
+/// Builds the body of a server-side apply that contains exactly `entries`, on top of `base`
 /// (which carries `apiVersion`, `kind` and the identifying metadata).
 pub fn apply_body(base: Value, entries: &[Entry]) -> Value {
     let mut body = base;

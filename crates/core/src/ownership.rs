@@ -29,7 +29,7 @@ pub struct ForeignField {
     pub fields: Vec<String>,
 }
 
-/// What to do with one target.
+/// The action for one target.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     /// The target carries every entry and the grant owns exactly them: write nothing.
@@ -56,7 +56,7 @@ fn managed_fields(object: &Value) -> Vec<ManagedFields> {
 }
 
 /// Decides how to bring `object` to hold `entries` under the field manager `manager`.
-/// `wrote_before` says the grant had the target in sync before: then a field inside an entry
+/// `wrote_before` means the grant had the target in sync before: then a field inside an entry
 /// that an `Update` manager now owns is drift even when the grant owns nothing of the entry
 /// any more, as after a hand edit of a single value such as an annotation.
 pub fn verdict(object: &Value, entries: &[Entry], manager: &str, wrote_before: bool) -> Verdict {
@@ -143,8 +143,8 @@ pub fn verdict(object: &Value, entries: &[Entry], manager: &str, wrote_before: b
     Verdict::InSync
 }
 
-/// Whether a leaf of `fieldsV1`, relative to an entry, is the entry itself or one of its key
-/// fields.
+/// Tells whether a leaf of `fieldsV1`, relative to an entry, is the entry itself or one of
+/// its key fields.
 fn is_key_leaf(leaf: &str, entry: &Entry) -> bool {
     match entry.path.last() {
         Some(crate::fieldset::Step::Key(key)) => leaf == "." || key.contains_key(leaf),
@@ -153,8 +153,8 @@ fn is_key_leaf(leaf: &str, entry: &Entry) -> bool {
     }
 }
 
-/// Whether a leaf of `fieldsV1`, relative to an entry, lies within the grant's value of the
-/// entry: the same field, a field below it, or an atomic map above it.
+/// Tells whether a leaf of `fieldsV1`, relative to an entry, lies within the grant's value of
+/// the entry: the same field, a field below it, or an atomic map above it.
 fn covered(leaf: &str, value: &Value) -> bool {
     if leaf == "." {
         return true;

@@ -47,8 +47,7 @@ pub struct TargetPlan {
     pub apply: Option<Apply>,
 }
 
-/// What the controller learned about a target's surroundings, for the checks across
-/// components.
+/// Facts about a target's surroundings, for the checks across components.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Facts {
     pub credentials_valid: bool,
@@ -285,7 +284,7 @@ pub fn contested(grant: &StorageGrant, object: &Value) -> Option<String> {
     })
 }
 
-/// What the admission webhook records on a job when grants disagree about its fields.
+/// The record the admission webhook leaves on a job when grants disagree about its fields.
 #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Default)]
 pub struct ContestedRecord {
     pub grants: Vec<String>,
@@ -398,7 +397,7 @@ pub fn group_carries_identity(grant: &StorageGrant, kind: TargetKind, object: &V
     }
 }
 
-/// The status of a target the grant names but that does not exist.
+/// Builds the status of a target the grant names but that does not exist.
 pub fn missing(kind: TargetKind, name: &str) -> TargetStatus {
     TargetStatus {
         kind,

@@ -25,7 +25,7 @@ pub(super) async fn release_unneeded(
         && let Some(metadata) = context.stores.secret_metadata(&namespace, &secret)
         && metadata_json(&metadata.metadata).is_some_and(|existing| controlled_by(grant, &existing))
     {
-        if referenced_by_jobs(context, &namespace, |spec| {
+        if referenced_by_jobs(context, &namespace, false, |spec| {
             secret_names(spec).contains(&secret.as_str())
         }) {
             tracing::debug!(secret = %secret, "Kept Secret still referred to by a Backup or Restore");
@@ -49,7 +49,7 @@ pub(super) async fn release_unneeded(
             continue;
         };
         if controlled_by(grant, &existing) {
-            if referenced_by_jobs(context, &namespace, |spec| {
+            if referenced_by_jobs(context, &namespace, false, |spec| {
                 spec.get("serviceAccount").and_then(Value::as_str) == Some(name.as_str())
             }) {
                 continue;
@@ -122,11 +122,13 @@ where
     Ok(())
 }
 
-/// Whether a Backup or Restore in the namespace has a spec for which `refers` is true. Those
-/// may still need the object to clean up, or to stop or truncate a log backup.
+/// Tells whether a Backup or Restore in the namespace has a spec for which `refers` is true;
+/// with `only_started`, only jobs that have started count. Those may still need the object to
+/// clean up, or to stop or truncate a log backup.
 pub(super) fn referenced_by_jobs(
     context: &Context,
     namespace: &str,
+    only_started: bool,
     refers: impl Fn(&Value) -> bool,
 ) -> bool {
     [TargetKind::Backup, TargetKind::Restore]
@@ -136,8 +138,18 @@ pub(super) fn referenced_by_jobs(
                 .stores
                 .targets_in(kind, namespace)
                 .iter()
-                .any(|job| job.data.get("spec").is_some_and(&refers))
+                .any(|job| {
+                    (!only_started || started(job)) && job.data.get("spec").is_some_and(&refers)
+                })
         })
+}
+
+/// Tells whether a Backup or Restore has started (it has `status.phase`).
+pub(super) fn started(job: &kube::api::DynamicObject) -> bool {
+    job.data
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .is_some_and(|phase| !phase.is_empty())
 }
 
 pub(super) fn secret_names(spec: &Value) -> Vec<&str> {

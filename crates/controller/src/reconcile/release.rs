@@ -15,7 +15,7 @@ use storagegrant_api::{StorageGrant, TargetKind, names};
 use storagegrant_core::kept::controlled_by;
 use storagegrant_core::target;
 
-use super::cleanup::{delete_kept, secret_names};
+use super::cleanup::{delete_kept, referenced_by_jobs, secret_names, started};
 use super::credentials::metadata_json;
 use super::{Context, Error, Progress};
 use crate::watch::api_resource;
@@ -32,16 +32,6 @@ pub(super) fn owns_fields(object: &DynamicObject, manager: &str) -> bool {
                     .is_some_and(|fields| !fields.is_empty())
             })
     })
-}
-
-/// Whether a Backup or Restore has started; its fields are kept, since the operator may need
-/// them later to clean up, or to stop or truncate a log backup.
-fn started(object: &DynamicObject) -> bool {
-    object
-        .data
-        .pointer("/status/phase")
-        .and_then(Value::as_str)
-        .is_some_and(|phase| !phase.is_empty())
 }
 
 /// Releases the grant's fields from every object of the installed target kinds for which
@@ -116,7 +106,7 @@ pub(super) async fn release_all(
             .is_some_and(|existing| controlled_by(&grant, &existing))
     {
         let api: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
-        if referenced_by_started_jobs(context, &namespace, |spec| {
+        if referenced_by_jobs(context, &namespace, true, |spec| {
             secret_names(spec).contains(&secret.as_str())
         }) {
             orphan(&api, "Secret", &secret, &grant, context).await?;
@@ -140,7 +130,7 @@ pub(super) async fn release_all(
             continue;
         };
         if controlled_by(&grant, &existing) {
-            if referenced_by_started_jobs(context, &namespace, |spec| {
+            if referenced_by_jobs(context, &namespace, true, |spec| {
                 spec.get("serviceAccount").and_then(Value::as_str) == Some(name.as_str())
             }) {
                 orphan(&accounts, "ServiceAccount", &name, &grant, context).await?;
@@ -196,24 +186,6 @@ fn created_by_grant(
         .as_ref()
         .and_then(|labels| labels.get(names::GRANT_LABEL))
         == Some(&names::grant_label_value(&grant.name_any()))
-}
-
-/// Whether a started Backup or Restore has a spec for which `refers` is true. Unstarted ones
-/// were just released, and the cache may not show that yet.
-fn referenced_by_started_jobs(
-    context: &Context,
-    namespace: &str,
-    refers: impl Fn(&Value) -> bool,
-) -> bool {
-    [TargetKind::Backup, TargetKind::Restore]
-        .into_iter()
-        .any(|kind| {
-            context
-                .stores
-                .targets_in(kind, namespace)
-                .iter()
-                .any(|job| started(job) && job.data.get("spec").is_some_and(&refers))
-        })
 }
 
 /// Drops the grant's ownerReference from a kept object that Backups still need, so that the

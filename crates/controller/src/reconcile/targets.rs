@@ -26,16 +26,16 @@ const DEFAULT_BR_ACCOUNT: &str = "tidb-backup-manager";
 /// How long a permission check of a BR ServiceAccount is reused.
 const ACCESS_REVIEW_TTL: Duration = Duration::from_secs(60);
 
-/// What the target step returns for the status.
+/// The result of the target step, for the status.
 pub(super) struct Targets {
     pub outcomes: Vec<TargetStatus>,
     pub uninstalled: Vec<TargetKind>,
-    /// Whether every target holds the grant's fields, so that kept objects no longer needed
+    /// Whether every target carries the grant's fields, so that kept objects no longer needed
     /// may be removed.
     pub settled: bool,
 }
 
-/// What the target step needs from the credential step.
+/// The input of the target step from the credential step.
 pub(super) struct Inputs {
     pub credentials_valid: bool,
     pub kept_ready: bool,
@@ -122,7 +122,8 @@ fn previous_status(grant: &StorageGrant, kind: TargetKind, name: &str) -> Option
         .cloned()
 }
 
-/// Whether TiDB Operator has rolled the group's current spec out, from the group's status.
+/// Describes, from the group's own status, whether TiDB Operator has rolled out its current
+/// spec.
 fn rollout(group: &Value) -> String {
     let number = |pointer: &str| group.pointer(pointer).and_then(Value::as_i64);
     let text = |pointer: &str| group.pointer(pointer).and_then(Value::as_str);
@@ -259,7 +260,7 @@ async fn write_or_repair(
     Ok(outcome)
 }
 
-/// The field that drifted and who changed it, for messages.
+/// Names the field that drifted and who changed it, for messages.
 fn drift_cause(apply: &Apply) -> (String, String) {
     if let Some(foreign) = apply.drift.first() {
         return (
@@ -287,7 +288,7 @@ fn warning(reason: &str, note: String, target: ObjectReference) -> Event {
     }
 }
 
-/// The target an Event is about, as its related object. Events of one reason about different
+/// Builds the reference to the target an Event is about, for its related object. Events of one reason about different
 /// targets then stay separate, where the recorder would otherwise merge them into one series.
 pub(super) fn target_reference(kind: TargetKind, namespace: &str, name: &str) -> ObjectReference {
     ObjectReference {
@@ -424,7 +425,7 @@ async fn may_update(
     Ok(allowed)
 }
 
-/// Whether the grant's field manager already owns fields under the group's pod spec.
+/// Tells whether the grant's field manager already owns fields under the group's pod spec.
 fn owns_pod_spec(object: &Value, manager: &str) -> bool {
     let path = [
         "f:spec",
